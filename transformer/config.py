@@ -1,0 +1,174 @@
+"""Model hyperparameters: a frozen dataclass, validated on construction.
+
+Model code sees only this object, never flags, paths or the experiment config.
+The presets follow Table 3 of the paper (base, big) plus small shapes for CPU work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax.numpy as jnp
+
+from transformer.attention import IMPLEMENTATIONS, parse_scale
+
+NORM_POSITIONS = ("post", "pre")
+POSITIONAL_ENCODINGS = ("sinusoidal", "learned")
+ACTIVATIONS = ("relu", "gelu")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Shapes and options of an encoder-decoder (or decoder-only) Transformer."""
+  vocab_size: int                    # source vocabulary (the shared one when shared)
+  target_vocab_size: int | None = None  # None: same as vocab_size
+  d_model: int = 512
+  num_heads: int = 8
+  d_ff: int = 2048
+  num_encoder_layers: int = 6        # 0 gives a decoder-only language model
+  num_decoder_layers: int = 6
+  dropout_rate: float = 0.1          # P_drop of §5.4: embeddings and sub-layer outputs
+  attention_dropout_rate: float = 0.0
+  ffn_dropout_rate: float = 0.0      # after the FFN's inner activation
+  norm_position: str = "post"        # 'post' = LayerNorm(x + Sublayer(x)), the paper
+  layer_norm_epsilon: float = 1e-6
+  attention_scale: str = "inv_sqrt_dk"
+  # Per-kind overrides of attention_scale (None: use attention_scale).
+  encoder_self_attention_scale: str | None = None
+  decoder_self_attention_scale: str | None = None
+  cross_attention_scale: str | None = None
+  attention_implementation: str = "reference"  # or 'xla' / 'cudnn' (jax.nn.dot_product_attention)
+  positional_encoding: str = "sinusoidal"
+  activation: str = "relu"
+  share_embeddings: bool = True      # encoder input, decoder input and pre-softmax (§3.4)
+  max_len: int = 512                 # longest position the learned encoding covers
+  dtype: str = "float32"             # activations / matmul inputs
+  param_dtype: str = "float32"
+  pad_id: int = 0
+  bos_id: int = 1
+  eos_id: int = 2
+
+  def __post_init__(self):
+    problems = []
+    positive = ("vocab_size", "d_model", "num_heads", "d_ff", "num_decoder_layers", "max_len")
+    for name in positive:
+      value = getattr(self, name)
+      if not isinstance(value, int) or value <= 0:
+        problems.append(f"{name}={value!r} must be a positive integer")
+    if self.target_vocab_size is not None and (
+        not isinstance(self.target_vocab_size, int) or self.target_vocab_size <= 0):
+      problems.append(f"target_vocab_size={self.target_vocab_size!r} must be a positive integer")
+    if not isinstance(self.num_encoder_layers, int) or self.num_encoder_layers < 0:
+      problems.append(f"num_encoder_layers={self.num_encoder_layers!r} must be >= 0")
+    if (isinstance(self.d_model, int) and isinstance(self.num_heads, int) and self.num_heads > 0
+        and self.d_model % self.num_heads):
+      problems.append(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
+    for name in ("dropout_rate", "attention_dropout_rate", "ffn_dropout_rate"):
+      value = getattr(self, name)
+      if not 0.0 <= value < 1.0:
+        problems.append(f"{name}={value!r} must be in [0, 1)")
+    for name, value, valid in (("norm_position", self.norm_position, NORM_POSITIONS),
+                               ("positional_encoding", self.positional_encoding,
+                                POSITIONAL_ENCODINGS),
+                               ("activation", self.activation, ACTIVATIONS),
+                               ("attention_implementation", self.attention_implementation,
+                                IMPLEMENTATIONS),
+                               ("dtype", self.dtype, DTYPES),
+                               ("param_dtype", self.param_dtype, DTYPES)):
+      if value not in valid:
+        problems.append(f"{name}={value!r} is not one of {', '.join(valid)}")
+    if self.share_embeddings and self.target_vocab_size not in (None, self.vocab_size):
+      problems.append(f"share_embeddings needs one vocabulary, got vocab_size={self.vocab_size} "
+                      f"and target_vocab_size={self.target_vocab_size}")
+    if problems:
+      raise ValueError("invalid TransformerConfig: " + "; ".join(problems))
+    for name in ("attention_scale", "encoder_self_attention_scale",
+                 "decoder_self_attention_scale", "cross_attention_scale"):
+      value = getattr(self, name)
+      if value is not None:
+        try:
+          parse_scale(value)
+        except ValueError as e:
+          raise ValueError(f"invalid TransformerConfig: {name}: {e}") from None
+
+  # Derived values.
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.num_heads
+
+  @property
+  def output_vocab_size(self) -> int:
+    return self.target_vocab_size or self.vocab_size
+
+  @property
+  def decoder_only(self) -> bool:
+    return self.num_encoder_layers == 0
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  @property
+  def weights_dtype(self):
+    return jnp.dtype(self.param_dtype)
+
+  def scale_for(self, kind: str) -> str:
+    """The scale policy of 'encoder_self', 'decoder_self' or 'cross' attention."""
+    override = {"encoder_self": self.encoder_self_attention_scale,
+                "decoder_self": self.decoder_self_attention_scale,
+                "cross": self.cross_attention_scale}[kind]
+    return self.attention_scale if override is None else override
+
+  def replace(self, **changes: Any) -> "TransformerConfig":
+    return dataclasses.replace(self, **changes)
+
+  @classmethod
+  def from_mapping(cls, values: Mapping[str, Any]) -> "TransformerConfig":
+    """Builds from a dict-like (e.g. an ml_collections `config.model`), naming unknown keys."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f"unknown TransformerConfig field(s): {', '.join(unknown)}; "
+                       f"valid: {', '.join(sorted(known))}")
+    return cls(**dict(values))
+
+  # Presets. Table 3 of the paper; the small ones are for CPU experiments and tests.
+  @classmethod
+  def base(cls, **overrides: Any) -> "TransformerConfig":
+    return cls(**{**dict(vocab_size=37000, d_model=512, num_heads=8, d_ff=2048,
+                         num_encoder_layers=6, num_decoder_layers=6, dropout_rate=0.1),
+                  **overrides})
+
+  @classmethod
+  def big(cls, **overrides: Any) -> "TransformerConfig":
+    return cls(**{**dict(vocab_size=37000, d_model=1024, num_heads=16, d_ff=4096,
+                         num_encoder_layers=6, num_decoder_layers=6, dropout_rate=0.3),
+                  **overrides})
+
+  @classmethod
+  def small(cls, **overrides: Any) -> "TransformerConfig":
+    """A 3+3-layer, d_model 256 model for Multi30k-sized data on a CPU."""
+    return cls(**{**dict(vocab_size=8000, d_model=256, num_heads=4, d_ff=1024,
+                         num_encoder_layers=3, num_decoder_layers=3, dropout_rate=0.1),
+                  **overrides})
+
+  @classmethod
+  def tiny(cls, **overrides: Any) -> "TransformerConfig":
+    """A 2+2-layer, d_model 64 model for synthetic tasks and tests."""
+    return cls(**{**dict(vocab_size=64, d_model=64, num_heads=4, d_ff=128,
+                         num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0,
+                         max_len=128),
+                  **overrides})
+
+
+PRESETS = ("base", "big", "small", "tiny")
+
+
+def preset(name: str, **overrides: Any) -> TransformerConfig:
+  """TransformerConfig.<name>(**overrides), with a clear error for an unknown name."""
+  if name not in PRESETS:
+    raise ValueError(f"unknown model preset {name!r}; valid: {', '.join(PRESETS)}")
+  return getattr(TransformerConfig, name)(**overrides)

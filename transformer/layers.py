@@ -1,0 +1,139 @@
+"""Parameterised layers: multi-head attention, the FFN, embeddings, positional encodings.
+
+Shape legend: B batch, T query length, S key/value length, H heads, D head dim,
+M d_model, F d_ff, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from transformer.attention import dot_product_attention, parse_scale
+from transformer.config import TransformerConfig
+
+
+class MultiHeadAttention(nn.Module):
+  """MultiHead(Q, K, V) = Concat(head_1..head_h) W^O, head_i = Attention(Q W_i^Q, ...) (§3.2.2).
+
+  `kind` ('encoder_self', 'decoder_self' or 'cross') picks the scale policy from the config.
+  When the 'intermediates' collection is mutable, the float32 attention weights are
+  sown as 'attention_weights' [B, H, T, S] (diagnostics and pictures).
+  """
+  config: TransformerConfig
+  kind: str
+
+  @nn.compact
+  def __call__(self, x_q_BTM: Array, x_kv_BSM: Array, mask: Array | None,
+               deterministic: bool = True) -> Array:
+    cfg = self.config
+    H, D = cfg.num_heads, cfg.head_dim
+    dense = lambda name: nn.DenseGeneral(  # noqa: E731  (W_i^Q, W_i^K, W_i^V of all heads at once)
+        features=(H, D), dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype, name=name)
+    q_BTHD = dense("query")(x_q_BTM)
+    k_BSHD = dense("key")(x_kv_BSM)
+    v_BSHD = dense("value")(x_kv_BSM)
+
+    policy = parse_scale(cfg.scale_for(self.kind))
+    if policy.kind == "learned":
+      scale = self.param("scale", nn.initializers.constant(1.0 / math.sqrt(D)), (H,),
+                         jnp.float32)
+    elif policy.kind == "qk_norm":
+      # Cosine similarity per head times a learned g. g starts at sqrt(d_k), so at
+      # initialisation the logits of random q, k have unit variance, as with 1/sqrt(d_k).
+      q_BTHD = _l2_normalize(q_BTHD)
+      k_BSHD = _l2_normalize(k_BSHD)
+      scale = self.param("scale", nn.initializers.constant(math.sqrt(D)), (H,), jnp.float32)
+    else:
+      scale = policy.static_scale(D)
+
+    use_dropout = cfg.attention_dropout_rate > 0.0 and not deterministic
+    want_weights = (self.is_mutable_collection("intermediates")
+                    and cfg.attention_implementation == "reference")
+    out = dot_product_attention(
+        q_BTHD, k_BSHD, v_BSHD, mask=mask, scale=scale, logit_softcap=policy.softcap,
+        dropout_rate=cfg.attention_dropout_rate,
+        dropout_rng=self.make_rng("dropout") if use_dropout else None,
+        deterministic=deterministic, return_weights=want_weights,
+        implementation=cfg.attention_implementation)
+    if want_weights:
+      out, weights_BHTS = out
+      self.sow("intermediates", "attention_weights", weights_BHTS)
+    return nn.DenseGeneral(features=cfg.d_model, axis=(-2, -1), dtype=cfg.compute_dtype,
+                           param_dtype=cfg.weights_dtype, name="out")(out)
+
+
+def _l2_normalize(x: Array, eps: float = 1e-6) -> Array:
+  x32 = x.astype(jnp.float32)
+  return (x32 * jax.lax.rsqrt(jnp.sum(x32 * x32, axis=-1, keepdims=True) + eps)).astype(x.dtype)
+
+
+class FeedForward(nn.Module):
+  """FFN(x) = max(0, x W1 + b1) W2 + b2 (§3.3, Eq. 2), or GELU instead of ReLU."""
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BTM: Array, deterministic: bool = True) -> Array:
+    cfg = self.config
+    h_BTF = nn.Dense(cfg.d_ff, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
+                     name="inner")(x_BTM)
+    h_BTF = nn.relu(h_BTF) if cfg.activation == "relu" else nn.gelu(h_BTF)
+    h_BTF = nn.Dropout(cfg.ffn_dropout_rate)(h_BTF, deterministic=deterministic)
+    return nn.Dense(cfg.d_model, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
+                    name="outer")(h_BTF)
+
+
+def sinusoidal_encoding(positions: Array, d_model: int) -> Array:
+  """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...) (§3.5); float32.
+
+  Computed from explicit positions, so packed rows (positions restarting per
+  example) get the same encodings as the examples alone.
+  """
+  inv_freq = jnp.exp(-math.log(10000.0) * jnp.arange(0, d_model, 2, dtype=jnp.float32) / d_model)
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq
+  return jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1).reshape(
+      positions.shape + (d_model,))
+
+
+class PositionalEncoding(nn.Module):
+  """Adds sinusoidal (§3.5) or learned position encodings to [B, T, M] embeddings."""
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BTM: Array, positions_BT: Array) -> Array:
+    cfg = self.config
+    if cfg.positional_encoding == "sinusoidal":
+      pe_BTM = sinusoidal_encoding(positions_BT, cfg.d_model)
+    else:
+      if x_BTM.shape[1] > cfg.max_len:
+        raise ValueError(f"sequence length {x_BTM.shape[1]} exceeds max_len={cfg.max_len} of "
+                         "the learned positional encoding")
+      table = self.param("embedding", nn.initializers.normal(stddev=0.02),
+                         (cfg.max_len, cfg.d_model), cfg.weights_dtype)
+      pe_BTM = jnp.take(table, positions_BT, axis=0)
+    return x_BTM + pe_BTM.astype(x_BTM.dtype)
+
+
+class Embedding(nn.Module):
+  """Token embeddings, multiplied by sqrt(d_model) on input (§3.4); `attend` gives logits."""
+  num_embeddings: int
+  config: TransformerConfig
+
+  def setup(self):
+    cfg = self.config
+    # Std d_model^-0.5, so the sqrt(d_model)-scaled input embeddings have unit variance.
+    self.embedding = self.param("embedding", nn.initializers.normal(stddev=cfg.d_model ** -0.5),
+                                (self.num_embeddings, cfg.d_model), cfg.weights_dtype)
+
+  def __call__(self, ids_BT: Array) -> Array:
+    cfg = self.config
+    x_BTM = jnp.take(self.embedding, ids_BT, axis=0).astype(cfg.compute_dtype)
+    return x_BTM * jnp.asarray(math.sqrt(cfg.d_model), cfg.compute_dtype)
+
+  def attend(self, x_BTM: Array) -> Array:
+    """The pre-softmax linear transformation with the embedding matrix, [B, T, V]."""
+    return jnp.einsum("btm,vm->btv", x_BTM, self.embedding.astype(self.config.compute_dtype))

@@ -1,0 +1,205 @@
+"""The encoder-decoder Transformer (§3.1, Figure 1) and its blocks.
+
+Shape legend: B batch, S source length, T target length, M d_model, V vocabulary.
+Token id layout: the config's pad_id (0), bos_id (1), eos_id (2).
+
+Padding and packing use segment ids (0 = padding; see `transformer.masks`), so an
+unpacked batch and a packed one go through the same masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jax import Array
+
+from transformer.config import TransformerConfig
+from transformer.layers import Embedding, FeedForward, MultiHeadAttention, PositionalEncoding
+from transformer.masks import (causal_mask, combine_masks, positions_from_segments,
+                               segment_mask, segments_from_ids)
+
+
+class SublayerConnection(nn.Module):
+  """Add & Norm around a sub-layer, with dropout on its output (§3.1, §5.4).
+
+  post: LayerNorm(x + Dropout(Sublayer(x)))    (the paper)
+  pre:  x + Dropout(Sublayer(LayerNorm(x)))
+  """
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x: Array, sublayer: Callable[[Array], Array], deterministic: bool) -> Array:
+    cfg = self.config
+    norm = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=cfg.compute_dtype,
+                        param_dtype=cfg.weights_dtype, name="norm")
+    drop = nn.Dropout(cfg.dropout_rate)
+    if cfg.norm_position == "pre":
+      return x + drop(sublayer(norm(x)), deterministic=deterministic)
+    return norm(x + drop(sublayer(x), deterministic=deterministic))
+
+
+class EncoderBlock(nn.Module):
+  """Self-attention, Add & Norm, FFN, Add & Norm (§3.1)."""
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BSM: Array, mask: Array, deterministic: bool = True) -> Array:
+    cfg = self.config
+    attn = MultiHeadAttention(cfg, "encoder_self", name="self_attention")
+    ffn = FeedForward(cfg, name="ffn")
+    x_BSM = SublayerConnection(cfg, name="attention_sublayer")(
+        x_BSM, lambda h: attn(h, h, mask, deterministic), deterministic)
+    return SublayerConnection(cfg, name="ffn_sublayer")(
+        x_BSM, lambda h: ffn(h, deterministic), deterministic)
+
+
+class DecoderBlock(nn.Module):
+  """Masked self-attention, cross-attention over the memory, FFN; each with Add & Norm.
+
+  Without a memory (decoder-only language models) the cross-attention is absent.
+  """
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, y_BTM: Array, self_mask: Array, memory_BSM: Array | None,
+               cross_mask: Array | None, deterministic: bool = True) -> Array:
+    cfg = self.config
+    self_attn = MultiHeadAttention(cfg, "decoder_self", name="self_attention")
+    y_BTM = SublayerConnection(cfg, name="self_attention_sublayer")(
+        y_BTM, lambda h: self_attn(h, h, self_mask, deterministic), deterministic)
+    if memory_BSM is not None:
+      cross_attn = MultiHeadAttention(cfg, "cross", name="cross_attention")
+      y_BTM = SublayerConnection(cfg, name="cross_attention_sublayer")(
+          y_BTM, lambda h: cross_attn(h, memory_BSM, cross_mask, deterministic), deterministic)
+    ffn = FeedForward(cfg, name="ffn")
+    return SublayerConnection(cfg, name="ffn_sublayer")(
+        y_BTM, lambda h: ffn(h, deterministic), deterministic)
+
+
+def shift_right(targets_BT: Array, segments_BT: Array, bos_id: int, pad_id: int = 0) -> Array:
+  """Decoder inputs for teacher forcing: BOS at each segment start, then the targets shifted.
+
+  Segment-aware, so in a packed row no example sees the previous example's last token.
+  """
+  prev_BT = jnp.pad(targets_BT, ((0, 0), (1, 0)), constant_values=pad_id)[:, :-1]
+  prev_seg_BT = jnp.pad(segments_BT, ((0, 0), (1, 0)), constant_values=-1)[:, :-1]
+  shifted_BT = jnp.where(prev_seg_BT == segments_BT, prev_BT, bos_id)
+  return jnp.where(segments_BT != 0, shifted_BT, pad_id).astype(targets_BT.dtype)
+
+
+class Transformer(nn.Module):
+  """Encoder-decoder Transformer; with num_encoder_layers=0, a decoder-only model.
+
+  encode: ids [B, S] -> memory [B, S, M]
+  decode: memory + decoder input ids [B, T] -> logits [B, T, V] (float32)
+  __call__: source and target ids -> logits for teacher-forced training
+  """
+  config: TransformerConfig
+
+  def setup(self):
+    cfg = self.config
+    self.target_embed = Embedding(cfg.output_vocab_size, cfg, name="target_embed")
+    if cfg.share_embeddings:
+      self.source_embed = self.target_embed
+    elif not cfg.decoder_only:
+      self.source_embed = Embedding(cfg.vocab_size, cfg, name="source_embed")
+    if not cfg.share_embeddings:
+      self.logits_dense = nn.Dense(cfg.output_vocab_size, use_bias=False, dtype=cfg.compute_dtype,
+                                   param_dtype=cfg.weights_dtype, name="logits_dense")
+    self.dropout = nn.Dropout(cfg.dropout_rate)
+    if not cfg.decoder_only:
+      self.source_positions = PositionalEncoding(cfg, name="source_positions")
+      self.encoder_blocks = [EncoderBlock(cfg, name=f"encoder_{i}")
+                             for i in range(cfg.num_encoder_layers)]
+    self.target_positions = PositionalEncoding(cfg, name="target_positions")
+    self.decoder_blocks = [DecoderBlock(cfg, name=f"decoder_{i}")
+                           for i in range(cfg.num_decoder_layers)]
+    if cfg.norm_position == "pre":  # pre-LN stacks need a final normalisation
+      norm = lambda name: nn.LayerNorm(epsilon=cfg.layer_norm_epsilon,  # noqa: E731
+                                       dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
+                                       name=name)
+      if not cfg.decoder_only:
+        self.encoder_norm = norm("encoder_norm")
+      self.decoder_norm = norm("decoder_norm")
+
+  def _segments_positions(self, ids, segments, positions):
+    if segments is None:
+      segments = segments_from_ids(ids, self.config.pad_id)
+    if positions is None:
+      positions = positions_from_segments(segments)
+    return segments, positions
+
+  def encode(self, inputs_BS: Array, inputs_segmentation: Array | None = None,
+             inputs_positions: Array | None = None, deterministic: bool = True) -> Array:
+    cfg = self.config
+    if cfg.decoder_only:
+      raise ValueError("encode() called on a decoder-only model (num_encoder_layers=0)")
+    segments, positions = self._segments_positions(inputs_BS, inputs_segmentation,
+                                                   inputs_positions)
+    x_BSM = self.source_positions(self.source_embed(inputs_BS), positions)
+    x_BSM = self.dropout(x_BSM, deterministic=deterministic)
+    mask = segment_mask(segments, segments)
+    for block in self.encoder_blocks:
+      x_BSM = block(x_BSM, mask, deterministic)
+    if cfg.norm_position == "pre":
+      x_BSM = self.encoder_norm(x_BSM)
+    return x_BSM
+
+  def embed_targets(self, decoder_inputs_BT: Array, targets_positions: Array) -> Array:
+    """Embedded, position-encoded decoder inputs [B, T, M] (before dropout)."""
+    return self.target_positions(self.target_embed(decoder_inputs_BT), targets_positions)
+
+  def decode_embedded(self, y_BTM: Array, targets_segmentation: Array,
+                      memory_BSM: Array | None = None, memory_segmentation: Array | None = None,
+                      deterministic: bool = True) -> Array:
+    """The decoder stack and output projection over embedded inputs: logits [B, T, V]."""
+    cfg = self.config
+    y_BTM = self.dropout(y_BTM, deterministic=deterministic)
+    self_mask = combine_masks(segment_mask(targets_segmentation, targets_segmentation),
+                              causal_mask(y_BTM.shape[1]))
+    cross_mask = None
+    if memory_BSM is not None:
+      cross_mask = segment_mask(targets_segmentation, memory_segmentation)
+    for block in self.decoder_blocks:
+      y_BTM = block(y_BTM, self_mask, memory_BSM, cross_mask, deterministic)
+    if cfg.norm_position == "pre":
+      y_BTM = self.decoder_norm(y_BTM)
+    if cfg.share_embeddings:
+      logits_BTV = self.target_embed.attend(y_BTM)
+    else:
+      logits_BTV = self.logits_dense(y_BTM)
+    return logits_BTV.astype(jnp.float32)  # the loss's softmax runs in float32
+
+  def decode(self, memory_BSM: Array | None, memory_segmentation: Array | None,
+             decoder_inputs_BT: Array, targets_segmentation: Array | None = None,
+             targets_positions: Array | None = None, deterministic: bool = True) -> Array:
+    """Decoder input ids [B, T] (already shifted: BOS first) -> logits [B, T, V]."""
+    if (memory_BSM is None) != self.config.decoder_only:
+      raise ValueError("decode() needs a memory exactly when the model has an encoder")
+    segments, positions = self._segments_positions(decoder_inputs_BT, targets_segmentation,
+                                                   targets_positions)
+    y_BTM = self.embed_targets(decoder_inputs_BT, positions)
+    return self.decode_embedded(y_BTM, segments, memory_BSM, memory_segmentation, deterministic)
+
+  def __call__(self, inputs_BS: Array | None, targets_BT: Array,
+               inputs_segmentation: Array | None = None,
+               targets_segmentation: Array | None = None,
+               inputs_positions: Array | None = None,
+               targets_positions: Array | None = None,
+               deterministic: bool = True) -> Array:
+    """Teacher-forced logits [B, T, V]: position t predicts targets[:, t]."""
+    cfg = self.config
+    tgt_segments, tgt_positions = self._segments_positions(targets_BT, targets_segmentation,
+                                                           targets_positions)
+    decoder_inputs_BT = shift_right(targets_BT, tgt_segments, cfg.bos_id, cfg.pad_id)
+    memory_BSM = src_segments = None
+    if not cfg.decoder_only:
+      if inputs_BS is None:
+        raise ValueError("an encoder-decoder model needs inputs")
+      src_segments, src_positions = self._segments_positions(inputs_BS, inputs_segmentation,
+                                                             inputs_positions)
+      memory_BSM = self.encode(inputs_BS, src_segments, src_positions, deterministic)
+    return self.decode(memory_BSM, src_segments, decoder_inputs_BT, tgt_segments, tgt_positions,
+                       deterministic)
