@@ -1,0 +1,142 @@
+"""`DataConfig`: everything the input pipeline needs, validated once at the boundary.
+
+The dataset is a TFDS name: one of the project's builders (`synthetic_seq2seq/<task>`,
+`parallel_text`, `lm_text`) or a catalog translation set such as
+`wmt14_translate/de-en`. Builder options that do not apply to the chosen dataset are
+ignored, so one experiment config can switch datasets by changing one value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+SYNTHETIC_TASKS = ("copy", "reverse", "sort", "addition")
+TOKENIZERS = ("auto", "sentencepiece", "byte", "char", "identity")
+SPM_MODEL_TYPES = ("unigram", "bpe")
+# Where prepared data goes unless the config says otherwise: a user cache, never the
+# source tree. TRANSFORMER_DATA_DIR overrides it for a whole machine or cluster.
+DEFAULT_DATA_DIR = os.path.join("~", ".cache", "transformer", "tensorflow_datasets")
+
+
+def _default_split_files() -> dict[str, str]:
+  return {"train": "train", "validation": "val", "test": "test"}
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Dataset, tokenizer and batching options (see the module docstring)."""
+  dataset: str = "synthetic_seq2seq/copy"  # TFDS name: own builder or catalog
+  data_dir: str = ""                 # prepared data + tokenizers; "" = DEFAULT_DATA_DIR
+  source_lang: str = "en"            # translation direction: source -> target (paper: en->de)
+  target_lang: str = "de"
+  # parallel_text: folder holding {stem}.{lang} or {stem}.{lang}.gz; lm_text: the corpus file.
+  path: str = ""
+  # parallel_text: TFDS split name -> file stem (relative to `path`, or an absolute prefix).
+  split_files: Mapping[str, str] = dataclasses.field(default_factory=_default_split_files)
+  train_fraction: float = 0.9        # lm_text: leading fraction of the corpus used for train
+  lm_chunk_chars: int = 2000         # lm_text: lines are grouped into documents this long
+  synthetic_seed: int = 0            # synthetic_seq2seq: generator seed
+  synthetic_min_length: int = 4      # tokens (digits per operand for addition)
+  synthetic_max_length: int = 16
+  synthetic_train_examples: int = 10_000
+  synthetic_eval_examples: int = 500  # per evaluation split (validation and test)
+  tokenizer: str = "auto"            # auto: identity (synthetic), byte (lm_text), else sentencepiece
+  vocab_size: int | None = None      # None: 8000 (sentencepiece), 32 (synthetic); byte is 259
+  spm_model_type: str = "unigram"    # or "bpe" (the paper's byte-pair encoding, §5.1)
+  spm_byte_fallback: bool = True     # unseen characters become bytes: exact round trips
+  spm_max_sentences: int = 1_000_000  # training sentences fed to SentencePiece at most
+  max_source_length: int = 128       # tokens incl. EOS; longer training examples are dropped
+  max_target_length: int = 128
+  max_eval_length: int | None = None  # None: eval rows as long as the longest example
+  pack: bool = True                  # pack several training examples per row
+  shuffle: bool = True               # a fresh seeded permutation each epoch (no buffer needed)
+  train_split: str = "train"
+  eval_split: str = "validation"
+  test_split: str = "test"
+
+  def __post_init__(self):
+    data_dir = self.data_dir or os.environ.get("TRANSFORMER_DATA_DIR", DEFAULT_DATA_DIR)
+    object.__setattr__(self, "data_dir", os.path.abspath(os.path.expanduser(data_dir)))
+    object.__setattr__(self, "split_files", dict(self.split_files))
+    problems = []
+    if not self.dataset:
+      problems.append("dataset must be a TFDS name")
+    if self.builder_name == "synthetic_seq2seq" and self.synthetic_task not in SYNTHETIC_TASKS:
+      problems.append(f"dataset={self.dataset!r}: synthetic task must be one of {SYNTHETIC_TASKS}")
+    if self.builder_name in ("parallel_text", "lm_text") and not self.path:
+      problems.append(f"dataset={self.dataset!r} needs `path`")
+    if self.source_lang == self.target_lang and not self.decoder_only:
+      problems.append(f"source_lang and target_lang are both {self.source_lang!r}")
+    if self.tokenizer not in TOKENIZERS:
+      problems.append(f"tokenizer={self.tokenizer!r} must be one of {TOKENIZERS}")
+    if self.spm_model_type not in SPM_MODEL_TYPES:
+      problems.append(f"spm_model_type={self.spm_model_type!r} must be one of {SPM_MODEL_TYPES}")
+    if (self.tokenizer_kind == "identity") != (self.builder_name == "synthetic_seq2seq"):
+      problems.append(f"tokenizer 'identity' goes with synthetic_seq2seq only "
+                      f"(dataset={self.dataset!r}, tokenizer={self.tokenizer!r})")
+    if not 0.0 < self.train_fraction < 1.0:
+      problems.append(f"train_fraction={self.train_fraction} must lie strictly between 0 and 1")
+    positive = ("lm_chunk_chars", "synthetic_min_length", "synthetic_train_examples",
+                "synthetic_eval_examples", "spm_max_sentences", "max_source_length",
+                "max_target_length")
+    problems += [f"{name}={getattr(self, name)!r} must be a positive integer" for name in positive
+                 if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0]
+    if self.synthetic_max_length < self.synthetic_min_length:
+      problems.append(f"synthetic_max_length={self.synthetic_max_length} < "
+                      f"synthetic_min_length={self.synthetic_min_length}")
+    for name in ("vocab_size", "max_eval_length"):
+      value = getattr(self, name)
+      if value is not None and (not isinstance(value, int) or value <= 3):
+        problems.append(f"{name}={value!r} must be None or an integer > 3")
+    if self.tokenizer_kind == "byte" and self.vocab_size not in (None, 259):
+      problems.append(f"the byte tokenizer has 259 ids; vocab_size={self.vocab_size} given")
+    if self.builder_name == "parallel_text" and self.train_split not in self.split_files:
+      problems.append(f"train_split={self.train_split!r} has no entry in split_files")
+    if problems:
+      raise ValueError("invalid DataConfig: " + "; ".join(problems))
+
+  @classmethod
+  def from_mapping(cls, mapping: Mapping[str, Any]) -> "DataConfig":
+    """From a dict or an ml_collections.ConfigDict; unknown keys are an error."""
+    values = mapping.to_dict() if hasattr(mapping, "to_dict") else dict(mapping)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f"unknown DataConfig keys: {', '.join(unknown)} (valid: "
+                       f"{', '.join(sorted(known))})")
+    return cls(**values)
+
+  def replace(self, **changes: Any) -> "DataConfig":
+    return dataclasses.replace(self, **changes)
+
+  @property
+  def builder_name(self) -> str:
+    """The TFDS builder name, without config or version."""
+    return self.dataset.split("/")[0].split(":")[0]
+
+  @property
+  def synthetic_task(self) -> str:
+    return self.dataset.split("/")[1] if "/" in self.dataset else "copy"
+
+  @property
+  def decoder_only(self) -> bool:
+    """Language modelling: batches carry only the `targets*` keys."""
+    return self.builder_name == "lm_text"
+
+  @property
+  def tokenizer_kind(self) -> str:
+    if self.tokenizer != "auto":
+      return self.tokenizer
+    if self.builder_name == "synthetic_seq2seq":
+      return "identity"
+    return "byte" if self.builder_name == "lm_text" else "sentencepiece"
+
+  @property
+  def resolved_vocab_size(self) -> int | None:
+    """The configured size, or the tokenizer's default (None: set by the data, as 'char')."""
+    if self.vocab_size is not None:
+      return self.vocab_size
+    return {"sentencepiece": 8000, "identity": 32, "byte": 259}.get(self.tokenizer_kind)
