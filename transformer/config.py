@@ -80,6 +80,9 @@ class TransformerConfig:
                                ("param_dtype", self.param_dtype, DTYPES)):
       if value not in valid:
         problems.append(f"{name}={value!r} is not one of {', '.join(valid)}")
+    if self.positional_encoding == "sinusoidal" and isinstance(self.d_model, int) \
+        and self.d_model % 2:
+      problems.append(f"d_model={self.d_model} must be even for sinusoidal positional encoding")
     if self.share_embeddings and self.target_vocab_size not in (None, self.vocab_size):
       problems.append(f"share_embeddings needs one vocabulary, got vocab_size={self.vocab_size} "
                       f"and target_vocab_size={self.target_vocab_size}")

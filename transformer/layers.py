@@ -94,7 +94,7 @@ def sinusoidal_encoding(positions: Array, d_model: int) -> Array:
   example) get the same encodings as the examples alone.
   """
   inv_freq = jnp.exp(-math.log(10000.0) * jnp.arange(0, d_model, 2, dtype=jnp.float32) / d_model)
-  angles = positions.astype(jnp.float32)[..., None] * inv_freq
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq.reshape((1,) * positions.ndim + (-1,))
   return jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1).reshape(
       positions.shape + (d_model,))
 

@@ -1,0 +1,221 @@
+"""Attention against a plain NumPy reference, masks, scale policies, the §3.2.1 argument."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from transformer import attention as attn
+from transformer import masks
+
+B, T, S, H, D = 2, 5, 7, 3, 8
+
+
+def np_softmax(x):
+  x = x - x.max(axis=-1, keepdims=True)
+  e = np.exp(x)
+  return e / e.sum(axis=-1, keepdims=True)
+
+
+def reference_attention(q, k, v, mask, scale, softcap=None):
+  """softmax(q k^T * scale + mask) v in float64 NumPy; fully masked rows give zeros."""
+  q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+  logits = np.einsum("bthd,bshd->bhts", q, k) * scale
+  if softcap is not None:
+    logits = softcap * np.tanh(logits / softcap)
+  if mask is not None:
+    mask = np.broadcast_to(np.asarray(mask), logits.shape)
+    logits = np.where(mask, logits, -1e30)
+  w = np_softmax(logits)
+  if mask is not None:
+    w = np.where(mask.any(-1, keepdims=True), w, 0.0)
+  return np.einsum("bhts,bshd->bthd", w, v), w
+
+
+def random_qkv(seed=0, dtype=jnp.float32, t=T, s=S):
+  kq, kk, kv = jax.random.split(jax.random.PRNGKey(seed), 3)
+  return (jax.random.normal(kq, (B, t, H, D), dtype), jax.random.normal(kk, (B, s, H, D), dtype),
+          jax.random.normal(kv, (B, s, H, D), dtype))
+
+
+def make_masks():
+  q_ids = np.array([[5, 6, 7, 0, 0], [5, 6, 7, 8, 9]])
+  kv_ids = np.array([[5, 6, 7, 8, 0, 0, 0], [5, 6, 7, 8, 9, 4, 3]])
+  q_seg = np.array([[1, 1, 2, 2, 0], [1, 2, 2, 3, 3]])
+  kv_seg = np.array([[1, 1, 1, 2, 2, 0, 0], [1, 1, 2, 2, 3, 3, 3]])
+  return {
+      "none": None,
+      "padding": masks.padding_mask(jnp.asarray(q_ids), jnp.asarray(kv_ids)),
+      "causal": jnp.asarray(np.tril(np.ones((T, S), bool)))[None, None],
+      "segment": masks.segment_mask(jnp.asarray(q_seg), jnp.asarray(kv_seg)),
+  }
+
+
+POLICIES = [("inv_sqrt_dk", 1 / math.sqrt(D), None), ("none", 1.0, None), ("inv_dk", 1 / D, None),
+            ("constant:0.05", 0.05, None), (0.3, 0.3, None), ("softcap:2", 1 / math.sqrt(D), 2.0),
+            ("none+softcap:5", 1.0, 5.0)]
+
+
+@pytest.mark.parametrize("policy,scale,softcap", POLICIES, ids=[str(p[0]) for p in POLICIES])
+@pytest.mark.parametrize("mask_name", ["none", "padding", "causal", "segment"])
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 3e-2)])
+def test_matches_numpy_reference(policy, scale, softcap, mask_name, dtype, tol):
+  q, k, v = random_qkv(dtype=dtype)
+  mask = make_masks()[mask_name]
+  out, w = attn.dot_product_attention(q, k, v, mask=mask, scale=policy, return_weights=True)
+  ref_out, ref_w = reference_attention(q.astype(jnp.float32), k.astype(jnp.float32),
+                                       v.astype(jnp.float32), mask, scale, softcap)
+  assert out.dtype == dtype and w.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(w), ref_w, atol=tol, rtol=tol)
+  np.testing.assert_allclose(np.asarray(out, np.float32), ref_out, atol=2 * tol, rtol=2 * tol)
+
+
+def test_per_head_scale_array():
+  q, k, v = random_qkv(1)
+  scales = jnp.array([0.1, 0.5, 2.0])
+  out = attn.dot_product_attention(q, k, v, scale=scales)
+  for h in range(H):
+    ref, _ = reference_attention(q[:, :, h:h + 1], k[:, :, h:h + 1], v[:, :, h:h + 1], None,
+                                 float(scales[h]))
+    np.testing.assert_allclose(np.asarray(out[:, :, h:h + 1]), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_fully_masked_rows_are_zero_not_nan(dtype):
+  q, k, v = random_qkv(2, dtype)
+  mask = jnp.zeros((B, 1, T, S), bool).at[:, :, :2].set(True)  # rows 2.. see no key
+  out, w = attn.dot_product_attention(q, k, v, mask=mask, return_weights=True)
+  assert bool(jnp.all(jnp.isfinite(out.astype(jnp.float32))))
+  assert float(jnp.abs(out[:, 2:]).max()) == 0.0 and float(jnp.abs(w[:, :, 2:]).max()) == 0.0
+  np.testing.assert_allclose(np.asarray(w[:, :, :2].sum(-1)), 1.0, rtol=1e-6)
+  fused = attn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+  assert float(jnp.abs(fused[:, 2:]).max()) == 0.0
+
+
+@pytest.mark.parametrize("mask_name", ["none", "padding", "segment"])
+@pytest.mark.parametrize("scale", ["inv_sqrt_dk", "none", jnp.array([0.2, 0.4, 0.8])],
+                         ids=["inv_sqrt_dk", "none", "per_head"])
+def test_fused_path_matches_reference(mask_name, scale):
+  q, k, v = random_qkv(3)
+  mask = make_masks()[mask_name]
+  ref = attn.dot_product_attention(q, k, v, mask=mask, scale=scale)
+  fused = attn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="xla")
+  np.testing.assert_allclose(np.asarray(fused), np.asarray(ref), atol=1e-5, rtol=1e-5)
+
+
+def test_fused_path_rejects_what_it_cannot_do():
+  q, k, v = random_qkv()
+  with pytest.raises(ValueError, match="softcap"):
+    attn.dot_product_attention(q, k, v, scale="softcap:3", implementation="xla")
+  with pytest.raises(ValueError, match="unknown attention implementation 'flash'"):
+    attn.dot_product_attention(q, k, v, implementation="flash")
+
+
+def test_jit_equals_eager():
+  q, k, v = random_qkv(4)
+  mask = make_masks()["segment"]
+  f = lambda q, k, v, m: attn.dot_product_attention(q, k, v, mask=m, scale="inv_dk")  # noqa: E731
+  np.testing.assert_allclose(np.asarray(jax.jit(f)(q, k, v, mask)), np.asarray(f(q, k, v, mask)),
+                             atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ("inv_sqrt_dk", attn.ScalePolicy("inv_sqrt_dk")),
+    ("constant:0.05", attn.ScalePolicy("constant", constant=0.05)),
+    ("softcap:30", attn.ScalePolicy("inv_sqrt_dk", softcap=30.0)),
+    ("qk_norm+softcap:10", attn.ScalePolicy("qk_norm", softcap=10.0)),
+    (2, attn.ScalePolicy("constant", constant=2.0)),
+])
+def test_parse_scale(spec, expected):
+  assert attn.parse_scale(spec) == expected
+
+
+@pytest.mark.parametrize("bad", ["sqrt", "constant:", "constant:-1", "constant:abc", "none+cap:3",
+                                 "inv_dk:2", "softcap:0", float("nan"), True])
+def test_unknown_policy_lists_valid_ones(bad):
+  with pytest.raises(ValueError, match="valid: inv_sqrt_dk, none, inv_dk, learned, qk_norm"):
+    attn.parse_scale(bad)
+
+
+def test_parameterised_policy_needs_the_module():
+  q, k, v = random_qkv()
+  with pytest.raises(ValueError, match="MultiHeadAttention"):
+    attn.dot_product_attention(q, k, v, scale="learned")
+
+
+@pytest.mark.parametrize("d_k", [16, 64, 256, 1024])
+def test_scaling_keeps_logit_variance_near_one(d_k):
+  """§3.2.1: for unit-variance q, k the dot product has variance d_k; 1/sqrt(d_k) undoes it.
+
+  With n samples, the sample variance of q.k has relative standard error about
+  sqrt(2/n) (the excess kurtosis 6/d_k adds little), 0.7% at n = 40,000; we allow 5%.
+  """
+  n = 40_000
+  kq, kk = jax.random.split(jax.random.PRNGKey(d_k))
+  q = jax.random.normal(kq, (1, n, 1, d_k))
+  k = jax.random.normal(kk, (1, n, 1, d_k))
+  dots = jnp.sum(q * k, axis=-1).ravel()
+  assert float(jnp.var(dots)) == pytest.approx(d_k, rel=0.05)
+  # All 2,000 x 2,000 query-key pairs, through the attention code's own logits.
+  scale = attn.parse_scale("inv_sqrt_dk").static_scale(d_k)
+  scaled = attn.attention_logits(q[:, :2000], k[:, :2000], scale)
+  assert float(jnp.var(scaled)) == pytest.approx(1.0, rel=0.05)
+  unscaled = attn.attention_logits(q[:, :2000], k[:, :2000], attn.parse_scale("none").static_scale(d_k))
+  assert float(jnp.var(unscaled)) == pytest.approx(d_k, rel=0.05)
+
+
+def test_attention_dropout():
+  q, k, v = random_qkv(5)
+  plain = attn.dot_product_attention(q, k, v)
+  same = attn.dot_product_attention(q, k, v, dropout_rate=0.5, dropout_rng=jax.random.PRNGKey(0),
+                                    deterministic=True)
+  np.testing.assert_array_equal(np.asarray(plain), np.asarray(same))
+  with pytest.raises(ValueError, match="dropout_rng"):
+    attn.dot_product_attention(q, k, v, dropout_rate=0.5, deterministic=False)
+  # Averaged over many dropout masks, the output approaches the no-dropout output.
+  keys = jax.random.split(jax.random.PRNGKey(1), 2000)
+  outs = jax.vmap(lambda r: attn.dot_product_attention(
+      q, k, v, dropout_rate=0.5, dropout_rng=r, deterministic=False))(keys)
+  assert float(jnp.abs(outs[0] - plain).max()) > 0.1
+  np.testing.assert_allclose(np.asarray(outs.mean(0)), np.asarray(plain), atol=0.1)
+
+
+def test_additive_attention_matches_reference():
+  q, k, v = random_qkv(6)
+  a = 5
+  keys = jax.random.split(jax.random.PRNGKey(7), 3)
+  params = {"w_q": jax.random.normal(keys[0], (H, D, a)) * 0.3,
+            "w_k": jax.random.normal(keys[1], (H, D, a)) * 0.3,
+            "v": jax.random.normal(keys[2], (H, a))}
+  mask = make_masks()["padding"]
+  out, w = attn.additive_attention(q, k, v, params, mask=mask, return_weights=True)
+  qn, kn, vn = (np.asarray(x, np.float64) for x in (q, k, v))
+  p = {n: np.asarray(x, np.float64) for n, x in params.items()}
+  scores = np.zeros((B, H, T, S))
+  for b in range(B):
+    for h in range(H):
+      for t in range(T):
+        for s in range(S):
+          hidden = np.tanh(qn[b, t, h] @ p["w_q"][h] + kn[b, s, h] @ p["w_k"][h])
+          scores[b, h, t, s] = p["v"][h] @ hidden
+  m = np.broadcast_to(np.asarray(mask), scores.shape)
+  ref_w = np.where(m.any(-1, keepdims=True), np_softmax(np.where(m, scores, -1e30)), 0.0)
+  np.testing.assert_allclose(np.asarray(w), ref_w, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(out), np.einsum("bhts,bshd->bthd", ref_w, vn), atol=1e-5)
+
+
+def test_mask_helpers():
+  np.testing.assert_array_equal(np.asarray(masks.causal_mask(3))[0, 0],
+                                [[1, 0, 0], [1, 1, 0], [1, 1, 1]])
+  seg = jnp.array([[1, 1, 2, 2, 2, 0]])
+  np.testing.assert_array_equal(np.asarray(masks.positions_from_segments(seg)),
+                                [[0, 1, 0, 1, 2, 0]])
+  m = np.asarray(masks.segment_mask(seg, seg))[0, 0]
+  assert m[0, 1] and not m[1, 2] and m[3, 4] and not m[5, 5] and not m[0, 5]
+  both = masks.combine_masks(masks.segment_mask(seg, seg), masks.causal_mask(6), None)
+  assert np.asarray(both)[0, 0, 3, 2] and not np.asarray(both)[0, 0, 2, 3]
+  assert masks.combine_masks(None, None) is None
+  pad = masks.padding_mask(jnp.array([[4, 0]]), jnp.array([[4, 5, 0]]))
+  np.testing.assert_array_equal(np.asarray(pad)[0, 0], [[1, 1, 0], [0, 0, 0]])

@@ -1,0 +1,187 @@
+"""The Transformer model: golden parameter counts, causality, padding invariance, options."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from transformer.config import PRESETS, TransformerConfig, preset
+from transformer.model import Transformer, shift_right
+
+# Shared 37,000-token vocabulary, post-LN, biases as in the paper: the paper rounds the
+# first two to 65M and 213M (Table 3). The others are small presets, counted by hand:
+# embeddings V*M; per encoder layer 4(M^2+M) + (2MF+F+M) + 2*2M; per decoder layer
+# 8(M^2+M) + (2MF+F+M) + 3*2M.
+GOLDEN_PARAMETER_COUNTS = {
+    "base": 63_082_496,
+    "big": 214_245_376,
+    "small": 7_577_600,
+    "tiny": 171_520,
+}
+
+
+def count_parameters(cfg):
+  model = Transformer(cfg)
+  ids = jnp.ones((1, 4), jnp.int32)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_golden_parameter_counts(name):
+  assert count_parameters(preset(name)) == GOLDEN_PARAMETER_COUNTS[name]
+
+
+def test_every_preset_has_a_golden_count():
+  assert set(GOLDEN_PARAMETER_COUNTS) == set(PRESETS)
+
+
+def test_pre_ln_adds_exactly_the_final_norms():
+  post = count_parameters(TransformerConfig.tiny())
+  pre = count_parameters(TransformerConfig.tiny(norm_position="pre"))
+  assert pre - post == 2 * 2 * 64  # encoder and decoder final LayerNorm, scale and bias
+
+
+def test_unshared_embeddings_add_two_matrices():
+  shared = count_parameters(TransformerConfig.tiny())
+  unshared = count_parameters(TransformerConfig.tiny(share_embeddings=False, target_vocab_size=80))
+  # source (V x M, same size as the shared one) + target (V' x M) + output (M x V')
+  assert unshared - shared == 2 * 80 * 64
+
+
+def tiny_model(**overrides):
+  cfg = TransformerConfig.tiny(**overrides)
+  model = Transformer(cfg)
+  ids = jnp.ones((2, 6), jnp.int32)
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), ids, ids)["params"]
+  return cfg, model, params
+
+
+def random_ids(key, shape, vocab=64):
+  return jax.random.randint(jax.random.PRNGKey(key), shape, 3, vocab)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"norm_position": "pre"},
+                                       {"positional_encoding": "learned"},
+                                       {"num_encoder_layers": 0}],
+                         ids=["post", "pre", "learned_pe", "decoder_only"])
+def test_decoder_is_causal_by_gradient(overrides):
+  """d output[t] / d input embedding[t'] is exactly zero for every t' > t."""
+  cfg, model, params = tiny_model(**overrides)
+  src, tgt = random_ids(1, (1, 5)), random_ids(2, (1, 6))
+  variables = {"params": params}
+  memory = src_seg = None
+  if not cfg.decoder_only:
+    memory = model.apply(variables, src, method=Transformer.encode)
+    src_seg = jnp.ones_like(src)
+  seg = jnp.ones_like(tgt)
+  y = model.apply(variables, tgt, jnp.arange(6)[None], method=Transformer.embed_targets)
+
+  def outputs(y):  # [T]: each position's logits summed
+    logits = model.apply(variables, y, seg, memory, src_seg, method=Transformer.decode_embedded)
+    return logits[0].sum(-1)
+
+  jac = np.asarray(jax.jit(jax.jacrev(outputs))(y))  # [T, 1, T, M]
+  for t in range(6):
+    assert np.all(jac[t, 0, t + 1:] == 0.0), f"position {t} depends on later inputs"
+    assert np.abs(jac[t, 0, :t + 1]).sum() > 0
+
+
+@pytest.mark.parametrize("norm_position", ["post", "pre"])
+def test_source_padding_does_not_change_outputs(norm_position):
+  _, model, params = tiny_model(norm_position=norm_position)
+  src = random_ids(3, (2, 5))
+  tgt = random_ids(4, (2, 4)).at[1, 3].set(0)  # one padded target position too
+  padded_src = jnp.pad(src, ((0, 0), (0, 4)))
+  apply = jax.jit(lambda s, t: model.apply({"params": params}, s, t))
+  a, b = apply(src, tgt), apply(padded_src, tgt)
+  real = np.asarray(tgt != 0)
+  np.testing.assert_allclose(np.asarray(a)[real], np.asarray(b)[real], atol=1e-5, rtol=1e-5)
+
+
+def test_jit_equals_eager_and_dropout_is_keyed():
+  _, model, params = tiny_model(dropout_rate=0.3, attention_dropout_rate=0.1)
+  src, tgt = random_ids(5, (2, 5)), random_ids(6, (2, 4))
+  f = lambda p, s, t: model.apply({"params": p}, s, t)  # noqa: E731
+  np.testing.assert_allclose(np.asarray(jax.jit(f)(params, src, tgt)),
+                             np.asarray(f(params, src, tgt)), atol=1e-5, rtol=1e-5)
+
+  @jax.jit
+  def train(key):
+    return model.apply({"params": params}, src, tgt, deterministic=False,
+                       rngs={"dropout": key})
+  k0, k1 = jax.random.PRNGKey(0), jax.random.PRNGKey(1)
+  np.testing.assert_array_equal(np.asarray(train(k0)), np.asarray(train(k0)))
+  assert float(jnp.abs(train(k0) - train(k1)).max()) > 1e-3
+
+
+def test_shift_right_is_segment_aware():
+  targets = jnp.array([[7, 8, 2, 9, 2, 0]])
+  segments = jnp.array([[1, 1, 1, 2, 2, 0]])
+  np.testing.assert_array_equal(np.asarray(shift_right(targets, segments, bos_id=1)),
+                                [[1, 7, 8, 1, 9, 0]])
+
+
+def test_learned_scale_starts_at_the_paper_scale():
+  _, model, params = tiny_model()
+  _, learned_model, learned_params = tiny_model(attention_scale="learned")
+  # Same initial weights apart from the per-head temperatures, which start at 1/sqrt(d_k).
+  scales = [x for path, x in jax.tree_util.tree_leaves_with_path(learned_params)
+            if path[-1].key == "scale" and "attention" in str(path[-2].key)]
+  assert len(scales) == 2 + 2 * 2 and all(np.allclose(s, 16 ** -0.5) for s in scales)
+  src, tgt = random_ids(7, (2, 5)), random_ids(8, (2, 4))
+  np.testing.assert_allclose(np.asarray(learned_model.apply({"params": learned_params}, src, tgt)),
+                             np.asarray(model.apply({"params": params}, src, tgt)), atol=1e-5)
+
+
+def test_per_kind_scale_overrides():
+  cfg = TransformerConfig.tiny(attention_scale="none", cross_attention_scale="inv_dk")
+  assert (cfg.scale_for("encoder_self"), cfg.scale_for("decoder_self"),
+          cfg.scale_for("cross")) == ("none", "none", "inv_dk")
+  _, model, params = tiny_model(encoder_self_attention_scale="qk_norm")
+  assert "scale" in params["encoder_0"]["self_attention"]
+  assert "scale" not in params["decoder_0"]["self_attention"]
+
+
+def test_attention_weights_are_sown():
+  _, model, params = tiny_model()
+  src, tgt = random_ids(9, (2, 5)), random_ids(10, (2, 4))
+  _, state = model.apply({"params": params}, src, tgt, mutable=["intermediates"])
+  weights = state["intermediates"]["decoder_1"]["cross_attention"]["attention_weights"][0]
+  assert weights.shape == (2, 4, 4, 5)
+  np.testing.assert_allclose(np.asarray(weights.sum(-1)), 1.0, rtol=1e-5)
+
+
+def test_bfloat16_compute_stays_close_to_float32():
+  _, model, params = tiny_model()
+  _, model16, _ = tiny_model(dtype="bfloat16")
+  src, tgt = random_ids(11, (2, 5)), random_ids(12, (2, 4))
+  a = jax.jit(model.apply)({"params": params}, src, tgt)
+  b = jax.jit(model16.apply)({"params": params}, src, tgt)
+  assert b.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=0.1)
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"d_model": 60, "num_heads": 8}, "d_model=60 is not divisible by num_heads=8"),
+    ({"attention_scale": "sqrt"}, "attention_scale: unknown attention scale 'sqrt'"),
+    ({"num_decoder_layers": 0}, "num_decoder_layers=0 must be a positive integer"),
+    ({"vocab_size": -3}, "vocab_size=-3 must be a positive integer"),
+    ({"dropout_rate": 1.0}, r"dropout_rate=1.0 must be in \[0, 1\)"),
+    ({"norm_position": "sandwich"}, "norm_position='sandwich' is not one of post, pre"),
+    ({"share_embeddings": True, "target_vocab_size": 10}, "share_embeddings needs one vocabulary"),
+])
+def test_invalid_config_names_the_values(changes, message):
+  with pytest.raises(ValueError, match=message):
+    TransformerConfig.tiny(**changes)
+
+
+def test_from_mapping_names_unknown_fields():
+  good = dataclasses.asdict(TransformerConfig.tiny())
+  assert TransformerConfig.from_mapping(good) == TransformerConfig.tiny()
+  with pytest.raises(ValueError, match="unknown TransformerConfig field.*d_modle"):
+    TransformerConfig.from_mapping({**good, "d_modle": 3})
+  with pytest.raises(ValueError, match="unknown model preset 'huge'"):
+    preset("huge")
