@@ -66,7 +66,8 @@ def train_sentencepiece(cfg: DataConfig, texts: Iterator[str]) -> bytes:
         max_sentence_length=1 << 16, num_threads=max(1, min(16, os.cpu_count() or 1)),
         minloglevel=2)
   except RuntimeError as e:
-    raise ValueError(f"{cfg.dataset} ({cfg.train_split} split): cannot train a "
+    where = f"{cfg.train_split} split" + (f" of {cfg.path}" if cfg.path else "")
+    raise ValueError(f"{cfg.dataset} ({where}): cannot train a "
                      f"{cfg.spm_model_type} SentencePiece model with vocab_size="
                      f"{cfg.resolved_vocab_size}: {str(e).strip()}") from None
   return model.getvalue()
