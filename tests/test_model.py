@@ -9,6 +9,7 @@ import pytest
 
 from transformer.config import PRESETS, TransformerConfig, preset
 from transformer.model import Transformer, shift_right
+from transformer.params import count_parameters
 
 # Shared 37,000-token vocabulary, post-LN, biases as in the paper: the paper rounds the
 # first two to 65M and 213M (Table 3). The others are small presets, counted by hand:
@@ -20,13 +21,6 @@ GOLDEN_PARAMETER_COUNTS = {
     "small": 7_577_600,
     "tiny": 171_520,
 }
-
-
-def count_parameters(cfg):
-  model = Transformer(cfg)
-  ids = jnp.ones((1, 4), jnp.int32)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids))
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
 
 
 @pytest.mark.parametrize("name", PRESETS)

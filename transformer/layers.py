@@ -23,30 +23,44 @@ class MultiHeadAttention(nn.Module):
   `kind` ('encoder_self', 'decoder_self' or 'cross') picks the scale policy from the config.
   When the 'intermediates' collection is mutable, the float32 attention weights are
   sown as 'attention_weights' [B, H, T, S] (diagnostics and pictures).
+
+  decode=True is incremental decoding with the 'cache' collection. The first such call
+  (over a full-length dummy target) creates the cache: for self-attention empty key and
+  value buffers [B, L, H, D]; for cross-attention the projected memory, computed once.
+  Later calls take one token [B, 1, M], append its key and value, and attend to the
+  positions filled so far.
   """
   config: TransformerConfig
   kind: str
 
   @nn.compact
   def __call__(self, x_q_BTM: Array, x_kv_BSM: Array, mask: Array | None,
-               deterministic: bool = True) -> Array:
+               deterministic: bool = True, decode: bool = False) -> Array:
     cfg = self.config
     H, D = cfg.num_heads, cfg.head_dim
     dense = lambda name: nn.DenseGeneral(  # noqa: E731  (W_i^Q, W_i^K, W_i^V of all heads at once)
         features=(H, D), dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype, name=name)
-    q_BTHD = dense("query")(x_q_BTM)
-    k_BSHD = dense("key")(x_kv_BSM)
-    v_BSHD = dense("value")(x_kv_BSM)
-
     policy = parse_scale(cfg.scale_for(self.kind))
+    normalize = _l2_normalize if policy.kind == "qk_norm" else (lambda x: x)
+    q_BTHD = normalize(dense("query")(x_q_BTM))
+    if decode and self.kind == "cross" and self.has_variable("cache", "cached_key"):
+      k_BSHD = self.get_variable("cache", "cached_key")
+      v_BSHD = self.get_variable("cache", "cached_value")
+    else:
+      k_BSHD = normalize(dense("key")(x_kv_BSM))
+      v_BSHD = dense("value")(x_kv_BSM)
+      if decode and self.kind == "cross":  # the memory's projections, once per sequence
+        self.put_variable("cache", "cached_key", k_BSHD)
+        self.put_variable("cache", "cached_value", v_BSHD)
+    if decode and self.kind != "cross":
+      k_BSHD, v_BSHD, mask = self._extend_cache(k_BSHD, v_BSHD, mask)
+
     if policy.kind == "learned":
       scale = self.param("scale", nn.initializers.constant(1.0 / math.sqrt(D)), (H,),
                          jnp.float32)
     elif policy.kind == "qk_norm":
       # Cosine similarity per head times a learned g. g starts at sqrt(d_k), so at
       # initialisation the logits of random q, k have unit variance, as with 1/sqrt(d_k).
-      q_BTHD = _l2_normalize(q_BTHD)
-      k_BSHD = _l2_normalize(k_BSHD)
       scale = self.param("scale", nn.initializers.constant(math.sqrt(D)), (H,), jnp.float32)
     else:
       scale = policy.static_scale(D)
@@ -65,6 +79,24 @@ class MultiHeadAttention(nn.Module):
       self.sow("intermediates", "attention_weights", weights_BHTS)
     return nn.DenseGeneral(features=cfg.d_model, axis=(-2, -1), dtype=cfg.compute_dtype,
                            param_dtype=cfg.weights_dtype, name="out")(out)
+
+  def _extend_cache(self, k_BSHD: Array, v_BSHD: Array, mask: Array | None):
+    """Self-attention cache: create it (first call) or append one step's key and value."""
+    initialised = self.has_variable("cache", "cached_key")
+    key = self.variable("cache", "cached_key", jnp.zeros, k_BSHD.shape, k_BSHD.dtype)
+    value = self.variable("cache", "cached_value", jnp.zeros, v_BSHD.shape, v_BSHD.dtype)
+    index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+    if not initialised:  # the creating call runs as a normal full-length pass
+      return k_BSHD, v_BSHD, mask
+    if k_BSHD.shape[1] != 1:
+      raise ValueError(f"incremental decoding takes one token per call, got {k_BSHD.shape[1]}")
+    i = index.value
+    key.value = jax.lax.dynamic_update_slice(key.value, k_BSHD, (0, i, 0, 0))
+    value.value = jax.lax.dynamic_update_slice(value.value, v_BSHD, (0, i, 0, 0))
+    index.value = i + 1
+    max_length = key.value.shape[1]
+    step_mask = (jnp.arange(max_length) <= i)[None, None, None, :]  # [1, 1, 1, L]
+    return key.value, value.value, step_mask
 
 
 def _l2_normalize(x: Array, eps: float = 1e-6) -> Array:

@@ -64,15 +64,17 @@ class DecoderBlock(nn.Module):
 
   @nn.compact
   def __call__(self, y_BTM: Array, self_mask: Array, memory_BSM: Array | None,
-               cross_mask: Array | None, deterministic: bool = True) -> Array:
+               cross_mask: Array | None, deterministic: bool = True,
+               decode: bool = False) -> Array:
     cfg = self.config
     self_attn = MultiHeadAttention(cfg, "decoder_self", name="self_attention")
     y_BTM = SublayerConnection(cfg, name="self_attention_sublayer")(
-        y_BTM, lambda h: self_attn(h, h, self_mask, deterministic), deterministic)
+        y_BTM, lambda h: self_attn(h, h, self_mask, deterministic, decode), deterministic)
     if memory_BSM is not None:
       cross_attn = MultiHeadAttention(cfg, "cross", name="cross_attention")
       y_BTM = SublayerConnection(cfg, name="cross_attention_sublayer")(
-          y_BTM, lambda h: cross_attn(h, memory_BSM, cross_mask, deterministic), deterministic)
+          y_BTM, lambda h: cross_attn(h, memory_BSM, cross_mask, deterministic, decode),
+          deterministic)
     ffn = FeedForward(cfg, name="ffn")
     return SublayerConnection(cfg, name="ffn_sublayer")(
         y_BTM, lambda h: ffn(h, deterministic), deterministic)
@@ -153,8 +155,11 @@ class Transformer(nn.Module):
 
   def decode_embedded(self, y_BTM: Array, targets_segmentation: Array,
                       memory_BSM: Array | None = None, memory_segmentation: Array | None = None,
-                      deterministic: bool = True) -> Array:
-    """The decoder stack and output projection over embedded inputs: logits [B, T, V]."""
+                      deterministic: bool = True, decode: bool = False) -> Array:
+    """The decoder stack and output projection over embedded inputs: logits [B, T, V].
+
+    With decode=True (incremental decoding) the self-attention masks come from the cache.
+    """
     cfg = self.config
     y_BTM = self.dropout(y_BTM, deterministic=deterministic)
     self_mask = combine_masks(segment_mask(targets_segmentation, targets_segmentation),
@@ -163,7 +168,7 @@ class Transformer(nn.Module):
     if memory_BSM is not None:
       cross_mask = segment_mask(targets_segmentation, memory_segmentation)
     for block in self.decoder_blocks:
-      y_BTM = block(y_BTM, self_mask, memory_BSM, cross_mask, deterministic)
+      y_BTM = block(y_BTM, self_mask, memory_BSM, cross_mask, deterministic, decode)
     if cfg.norm_position == "pre":
       y_BTM = self.decoder_norm(y_BTM)
     if cfg.share_embeddings:
@@ -174,14 +179,20 @@ class Transformer(nn.Module):
 
   def decode(self, memory_BSM: Array | None, memory_segmentation: Array | None,
              decoder_inputs_BT: Array, targets_segmentation: Array | None = None,
-             targets_positions: Array | None = None, deterministic: bool = True) -> Array:
-    """Decoder input ids [B, T] (already shifted: BOS first) -> logits [B, T, V]."""
+             targets_positions: Array | None = None, deterministic: bool = True,
+             decode: bool = False) -> Array:
+    """Decoder input ids [B, T] (already shifted: BOS first) -> logits [B, T, V].
+
+    decode=True: incremental decoding (see `transformer.decoding`); a step passes one
+    token [B, 1] with its position and segment ids of ones.
+    """
     if (memory_BSM is None) != self.config.decoder_only:
       raise ValueError("decode() needs a memory exactly when the model has an encoder")
     segments, positions = self._segments_positions(decoder_inputs_BT, targets_segmentation,
                                                    targets_positions)
     y_BTM = self.embed_targets(decoder_inputs_BT, positions)
-    return self.decode_embedded(y_BTM, segments, memory_BSM, memory_segmentation, deterministic)
+    return self.decode_embedded(y_BTM, segments, memory_BSM, memory_segmentation, deterministic,
+                                decode)
 
   def __call__(self, inputs_BS: Array | None, targets_BT: Array,
                inputs_segmentation: Array | None = None,

@@ -1,0 +1,31 @@
+"""Prints the parameter count of each model preset (no weights are allocated).
+
+  python -m experiments.count_params                # every preset, its own vocabulary
+  python -m experiments.count_params --preset=base --vocab_size=32000
+"""
+
+from absl import app, flags
+
+from transformer.config import PRESETS, preset
+from transformer.params import count_parameters
+
+_PRESET = flags.DEFINE_enum("preset", None, list(PRESETS), "One preset (default: all).")
+_VOCAB = flags.DEFINE_integer("vocab_size", None,
+                              "Shared vocabulary size (default: the preset's; 37,000 for base/big).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if _VOCAB.value is not None and _VOCAB.value <= 0:
+    raise app.UsageError(f"--vocab_size={_VOCAB.value} must be positive")
+  overrides = {} if _VOCAB.value is None else {"vocab_size": _VOCAB.value}
+  for name in [_PRESET.value] if _PRESET.value else PRESETS:
+    cfg = preset(name, **overrides)
+    print(f"{name:6s} vocab={cfg.vocab_size:6d} d_model={cfg.d_model:5d} heads={cfg.num_heads:3d} d_ff={cfg.d_ff:5d} "
+          f"layers={cfg.num_encoder_layers}+{cfg.num_decoder_layers}  "
+          f"parameters={count_parameters(cfg):,}")
+
+
+if __name__ == "__main__":
+  app.run(main)
