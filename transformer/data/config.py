@@ -53,6 +53,8 @@ class DataConfig:
   max_eval_length: int | None = None  # None: eval rows as long as the longest example
   pack: bool = True                  # pack several training examples per row
   shuffle: bool = True               # a fresh seeded permutation each epoch (no buffer needed)
+  read_threads: int = 2              # Grain threads reading + tokenizing training examples
+  read_buffer: int = 64              # examples read ahead
   train_split: str = "train"
   eval_split: str = "validation"
   test_split: str = "test"
@@ -81,9 +83,11 @@ class DataConfig:
       problems.append(f"train_fraction={self.train_fraction} must lie strictly between 0 and 1")
     positive = ("lm_chunk_chars", "synthetic_min_length", "synthetic_train_examples",
                 "synthetic_eval_examples", "spm_max_sentences", "max_source_length",
-                "max_target_length")
+                "max_target_length", "read_buffer")
     problems += [f"{name}={getattr(self, name)!r} must be a positive integer" for name in positive
                  if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0]
+    if not isinstance(self.read_threads, int) or self.read_threads < 0:
+      problems.append(f"read_threads={self.read_threads!r} must be an integer >= 0")
     if self.synthetic_max_length < self.synthetic_min_length:
       problems.append(f"synthetic_max_length={self.synthetic_max_length} < "
                       f"synthetic_min_length={self.synthetic_min_length}")
