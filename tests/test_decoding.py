@@ -114,3 +114,15 @@ def test_sampling_top1_is_greedy_and_prompt_is_forced():
 def test_default_max_length_is_source_plus_50():
   src = jnp.array([[5, 6, 7, 0], [5, 0, 0, 0]])
   assert decoding.default_max_length(src) == 53
+
+
+def test_scanned_layers_decode_like_the_loop():
+  from transformer.params import stack_layers
+  model, params = tiny()
+  scanned = Transformer(model.config.replace(scan_layers=True))
+  scanned_params = stack_layers(params, model.config)
+  src = jax.random.randint(jax.random.PRNGKey(6), (2, 6), 3, 64)
+  a = decoding.beam_decode(model, params, src, beam_size=2, max_length=7)
+  b = decoding.beam_decode(scanned, scanned_params, src, beam_size=2, max_length=7)
+  np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
+  np.testing.assert_allclose(np.asarray(a[1]), np.asarray(b[1]), rtol=1e-5)

@@ -135,15 +135,15 @@ def test_per_kind_scale_overrides():
   assert (cfg.scale_for("encoder_self"), cfg.scale_for("decoder_self"),
           cfg.scale_for("cross")) == ("none", "none", "inv_dk")
   _, model, params = tiny_model(encoder_self_attention_scale="qk_norm")
-  assert "scale" in params["encoder_0"]["self_attention"]
-  assert "scale" not in params["decoder_0"]["self_attention"]
+  assert "scale" in params["encoder"]["encoder_0"]["self_attention"]
+  assert "scale" not in params["decoder"]["decoder_0"]["self_attention"]
 
 
 def test_attention_weights_are_sown():
   _, model, params = tiny_model()
   src, tgt = random_ids(9, (2, 5)), random_ids(10, (2, 4))
   _, state = model.apply({"params": params}, src, tgt, mutable=["intermediates"])
-  weights = state["intermediates"]["decoder_1"]["cross_attention"]["attention_weights"][0]
+  weights = state["intermediates"]["decoder"]["decoder_1"]["cross_attention"]["attention_weights"][0]
   assert weights.shape == (2, 4, 4, 5)
   np.testing.assert_allclose(np.asarray(weights.sum(-1)), 1.0, rtol=1e-5)
 
@@ -179,3 +179,27 @@ def test_from_mapping_names_unknown_fields():
     TransformerConfig.from_mapping({**good, "d_modle": 3})
   with pytest.raises(ValueError, match="unknown model preset 'huge'"):
     preset("huge")
+
+
+@pytest.mark.parametrize("overrides", [{"scan_layers": True}, {"remat": True},
+                                       {"scan_layers": True, "remat": True}],
+                         ids=["scan", "remat", "scan_remat"])
+def test_scan_and_remat_give_identical_numbers(overrides):
+  """The fast paths of issue 7 against the plain loop: same loss and gradients."""
+  from transformer.params import stack_layers, unstack_layers
+  cfg, model, params = tiny_model()
+  fast_cfg = cfg.replace(**overrides)
+  fast = Transformer(fast_cfg)
+  fast_params = stack_layers(params, cfg) if fast_cfg.scan_layers else params
+  src, tgt = random_ids(13, (2, 5)), random_ids(14, (2, 4))
+
+  def loss(m):
+    return lambda p: jnp.mean(jax.nn.log_softmax(m.apply({"params": p}, src, tgt))[..., 5])
+  ref_loss, ref_grad = jax.jit(jax.value_and_grad(loss(model)))(params)
+  fast_loss, fast_grad = jax.jit(jax.value_and_grad(loss(fast)))(fast_params)
+  if fast_cfg.scan_layers:
+    fast_grad = unstack_layers(fast_grad, cfg)
+    assert count_parameters(fast_cfg) == count_parameters(cfg)
+  np.testing.assert_allclose(float(fast_loss), float(ref_loss), rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6,
+                                                       rtol=1e-5), fast_grad, ref_grad)

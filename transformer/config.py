@@ -44,6 +44,8 @@ class TransformerConfig:
   positional_encoding: str = "sinusoidal"
   activation: str = "relu"
   share_embeddings: bool = True      # encoder input, decoder input and pre-softmax (§3.4)
+  scan_layers: bool = False          # nn.scan over blocks: compile one block, stacked weights
+  remat: bool = False                # recompute block activations in the backward pass
   max_len: int = 512                 # longest position the learned encoding covers
   dtype: str = "float32"             # activations / matmul inputs
   param_dtype: str = "float32"

@@ -113,14 +113,20 @@ def length_penalty(length: Array | int, alpha: float) -> Array:
 
 
 def _gather_beams(state, beam_idx_BJ: Array, batch_size: int, beam_size: int):
-  """Picks rows of every [B*K, ...] leaf of the decoder state: row (b, j) <- (b, beam_idx[b, j])."""
-  def gather(x):
-    if x.ndim == 0:  # e.g. the cache's shared step index
+  """Row (b, j) of every [B*K]-row leaf of the decoder state <- row (b, beam_idx[b, j]).
+
+  The model's cache leaves are [(layers,) B*K, L, H, D], so their row axis is ndim - 4;
+  its step counter is shared by all rows; other leaves have rows first.
+  """
+  def gather(path, x):
+    name = getattr(path[-1], "key", None) if path else None
+    if name == "cache_index" or x.ndim == 0:
       return x
-    x_BK = x.reshape((batch_size, beam_size) + x.shape[1:])
-    idx = beam_idx_BJ.reshape(beam_idx_BJ.shape + (1,) * (x_BK.ndim - 2))
-    return jnp.take_along_axis(x_BK, idx, axis=1).reshape((-1,) + x.shape[1:])
-  return jax.tree.map(gather, state)
+    axis = x.ndim - 4 if name in ("cached_key", "cached_value") else 0
+    shape = x.shape[:axis] + (batch_size, beam_size) + x.shape[axis + 1:]
+    idx = beam_idx_BJ.reshape((1,) * axis + beam_idx_BJ.shape + (1,) * (x.ndim - axis - 1))
+    return jnp.take_along_axis(x.reshape(shape), idx, axis=axis + 1).reshape(x.shape)
+  return jax.tree_util.tree_map_with_path(gather, state)
 
 
 def beam_search(step_fn: StepFn, state, batch_size: int, beam_size: int, max_length: int, *,

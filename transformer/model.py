@@ -43,16 +43,16 @@ class SublayerConnection(nn.Module):
 class EncoderBlock(nn.Module):
   """Self-attention, Add & Norm, FFN, Add & Norm (§3.1)."""
   config: TransformerConfig
+  deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x_BSM: Array, mask: Array, deterministic: bool = True) -> Array:
-    cfg = self.config
+  def __call__(self, x_BSM: Array, mask: Array) -> Array:
+    cfg, det = self.config, self.deterministic
     attn = MultiHeadAttention(cfg, "encoder_self", name="self_attention")
     ffn = FeedForward(cfg, name="ffn")
     x_BSM = SublayerConnection(cfg, name="attention_sublayer")(
-        x_BSM, lambda h: attn(h, h, mask, deterministic), deterministic)
-    return SublayerConnection(cfg, name="ffn_sublayer")(
-        x_BSM, lambda h: ffn(h, deterministic), deterministic)
+        x_BSM, lambda h: attn(h, h, mask, det), det)
+    return SublayerConnection(cfg, name="ffn_sublayer")(x_BSM, lambda h: ffn(h, det), det)
 
 
 class DecoderBlock(nn.Module):
@@ -61,23 +61,70 @@ class DecoderBlock(nn.Module):
   Without a memory (decoder-only language models) the cross-attention is absent.
   """
   config: TransformerConfig
+  deterministic: bool = True
+  decode: bool = False
 
   @nn.compact
   def __call__(self, y_BTM: Array, self_mask: Array, memory_BSM: Array | None,
-               cross_mask: Array | None, deterministic: bool = True,
-               decode: bool = False) -> Array:
-    cfg = self.config
+               cross_mask: Array | None) -> Array:
+    cfg, det, dec = self.config, self.deterministic, self.decode
     self_attn = MultiHeadAttention(cfg, "decoder_self", name="self_attention")
     y_BTM = SublayerConnection(cfg, name="self_attention_sublayer")(
-        y_BTM, lambda h: self_attn(h, h, self_mask, deterministic, decode), deterministic)
+        y_BTM, lambda h: self_attn(h, h, self_mask, det, dec), det)
     if memory_BSM is not None:
       cross_attn = MultiHeadAttention(cfg, "cross", name="cross_attention")
       y_BTM = SublayerConnection(cfg, name="cross_attention_sublayer")(
-          y_BTM, lambda h: cross_attn(h, memory_BSM, cross_mask, deterministic, decode),
-          deterministic)
+          y_BTM, lambda h: cross_attn(h, memory_BSM, cross_mask, det, dec), det)
     ffn = FeedForward(cfg, name="ffn")
-    return SublayerConnection(cfg, name="ffn_sublayer")(
-        y_BTM, lambda h: ffn(h, deterministic), deterministic)
+    return SublayerConnection(cfg, name="ffn_sublayer")(y_BTM, lambda h: ffn(h, det), det)
+
+
+class _ScanLayer(nn.Module):
+  """One block in nn.scan's (carry, xs) -> (carry, ys) form."""
+  config: TransformerConfig
+  kind: str
+  deterministic: bool
+  decode: bool
+
+  @nn.compact
+  def __call__(self, x: Array, *args) -> tuple[Array, None]:
+    if self.kind == "encoder":
+      block = EncoderBlock(self.config, self.deterministic, name="layer")
+    else:
+      block = DecoderBlock(self.config, self.deterministic, self.decode, name="layer")
+    return block(x, *args), None
+
+
+class LayerStack(nn.Module):
+  """N encoder or decoder blocks: a Python loop, or one nn.scan (config.scan_layers).
+
+  The scan compiles one block instead of N (much faster compilation) and stores the
+  weights stacked on a leading layer axis; `transformer.params.stack_layers` converts.
+  config.remat recomputes each block's activations in the backward pass.
+  """
+  config: TransformerConfig
+  kind: str  # 'encoder' or 'decoder'
+
+  @nn.compact
+  def __call__(self, x: Array, *args: Array | None, deterministic: bool = True,
+               decode: bool = False) -> Array:
+    cfg = self.config
+    n = cfg.num_encoder_layers if self.kind == "encoder" else cfg.num_decoder_layers
+    if cfg.scan_layers:
+      layer_cls = nn.remat(_ScanLayer) if cfg.remat else _ScanLayer
+      stack = nn.scan(layer_cls, variable_axes={"params": 0, "cache": 0, "intermediates": 0},
+                      split_rngs={"params": True, "dropout": True},
+                      in_axes=(nn.broadcast,) * len(args), length=n)
+      x, _ = stack(cfg, self.kind, deterministic, decode, name="layers")(x, *args)
+      return x
+    for i in range(n):
+      if self.kind == "encoder":
+        block_cls = nn.remat(EncoderBlock) if cfg.remat else EncoderBlock
+        x = block_cls(cfg, deterministic, name=f"{self.kind}_{i}")(x, *args)
+      else:
+        block_cls = nn.remat(DecoderBlock) if cfg.remat else DecoderBlock
+        x = block_cls(cfg, deterministic, decode, name=f"{self.kind}_{i}")(x, *args)
+    return x
 
 
 def shift_right(targets_BT: Array, segments_BT: Array, bos_id: int, pad_id: int = 0) -> Array:
@@ -113,11 +160,9 @@ class Transformer(nn.Module):
     self.dropout = nn.Dropout(cfg.dropout_rate)
     if not cfg.decoder_only:
       self.source_positions = PositionalEncoding(cfg, name="source_positions")
-      self.encoder_blocks = [EncoderBlock(cfg, name=f"encoder_{i}")
-                             for i in range(cfg.num_encoder_layers)]
+      self.encoder = LayerStack(cfg, "encoder", name="encoder")
     self.target_positions = PositionalEncoding(cfg, name="target_positions")
-    self.decoder_blocks = [DecoderBlock(cfg, name=f"decoder_{i}")
-                           for i in range(cfg.num_decoder_layers)]
+    self.decoder = LayerStack(cfg, "decoder", name="decoder")
     if cfg.norm_position == "pre":  # pre-LN stacks need a final normalisation
       norm = lambda name: nn.LayerNorm(epsilon=cfg.layer_norm_epsilon,  # noqa: E731
                                        dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
@@ -143,8 +188,7 @@ class Transformer(nn.Module):
     x_BSM = self.source_positions(self.source_embed(inputs_BS), positions)
     x_BSM = self.dropout(x_BSM, deterministic=deterministic)
     mask = segment_mask(segments, segments)
-    for block in self.encoder_blocks:
-      x_BSM = block(x_BSM, mask, deterministic)
+    x_BSM = self.encoder(x_BSM, mask, deterministic=deterministic)
     if cfg.norm_position == "pre":
       x_BSM = self.encoder_norm(x_BSM)
     return x_BSM
@@ -167,8 +211,8 @@ class Transformer(nn.Module):
     cross_mask = None
     if memory_BSM is not None:
       cross_mask = segment_mask(targets_segmentation, memory_segmentation)
-    for block in self.decoder_blocks:
-      y_BTM = block(y_BTM, self_mask, memory_BSM, cross_mask, deterministic, decode)
+    y_BTM = self.decoder(y_BTM, self_mask, memory_BSM, cross_mask, deterministic=deterministic,
+                         decode=decode)
     if cfg.norm_position == "pre":
       y_BTM = self.decoder_norm(y_BTM)
     if cfg.share_embeddings:
