@@ -1,0 +1,150 @@
+"""The per-device step, the loss, the optimizer and the two parallel backends (4 CPU devices)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+import train_fixtures as fx
+from transformer import losses, optim, parallel, step as step_lib
+
+
+def _numpy_smoothed_ce(logits, targets, eps):
+  logp = logits - logits.max(-1, keepdims=True)
+  logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+  v = logits.shape[-1]
+  q = np.full(logits.shape, eps / v)
+  np.put_along_axis(q, targets[..., None], 1 - eps + eps / v, axis=-1)
+  return -(q * logp).sum(-1)
+
+
+def test_one_step_matches_a_numpy_loss_and_updates_params():
+  model, _, train_step, state = fx.tiny_setup()
+  batch = fx.copy_batch(np.random.RandomState(3), 8)
+  dp = parallel.DataParallel("pmap")
+  new_state, metrics = dp.map_train_step(train_step)(dp.put_replicated(state),
+                                                     dp.put_batch(batch), np.zeros(2, np.uint32))
+  m = dp.fetch(metrics)
+  logits = np.asarray(model.apply({"params": state.params}, batch["inputs"], batch["targets"]),
+                      np.float64)
+  mask = batch["targets"] != 0
+  expected = _numpy_smoothed_ce(logits, batch["targets"], 0.1)[mask].mean()
+  assert m["token_count"] == mask.sum()
+  np.testing.assert_allclose(m["loss_sum"] / m["token_count"], expected, rtol=1e-5)
+  assert m["nonfinite"] == 0
+  new = dp.fetch(new_state)
+  assert int(new.step) == 1
+  changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), new.params, state.params)
+  assert all(jax.tree.leaves(changed))
+
+
+def test_loss_falls_on_copy_task():
+  losses_per_step = fx.run_fixed_steps("pmap", 40, global_batch=16)
+  assert np.mean(losses_per_step[-5:]) < np.mean(losses_per_step[:3]) - 0.5  # nats
+
+
+def test_pmap_and_shard_map_agree_with_dropout():
+  a = fx.run_fixed_steps("pmap", 3, dropout_rate=0.1)
+  b = fx.run_fixed_steps("shard_map", 3, dropout_rate=0.1)
+  np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_one_and_four_devices_agree_on_the_same_global_batch():
+  """Tolerance rtol 2e-5: only the order of floating-point sums differs (dropout off)."""
+  one = fx.run_fixed_steps("shard_map", 4, devices=jax.devices()[:1])
+  four = fx.run_fixed_steps("shard_map", 4)
+  np.testing.assert_allclose(one, four, rtol=2e-5)
+  assert one != fx.run_fixed_steps("shard_map", 4, devices=jax.devices()[:1], dropout_rate=0.3)
+
+
+def test_dropout_keys_differ_across_devices_and_steps():
+  dp = parallel.DataParallel("shard_map")
+  rng = jax.random.key_data(jax.random.key(0))
+
+  def keys(step):
+    fn = jax.shard_map(lambda r, s: jax.random.key_data(step_lib.step_dropout_key(r, s))[None],
+                       mesh=dp.mesh, in_specs=(P(), P()), out_specs=P(step_lib.AXIS))
+    return np.asarray(fn(rng, jnp.int32(step)))
+
+  k0, k1 = keys(0), keys(1)
+  all_keys = {tuple(k) for k in np.concatenate([k0, k1])}
+  assert k0.shape == (4, 2) and len(all_keys) == 8
+
+
+def test_nan_guard_keeps_state_and_flags():
+  _, _, train_step, state = fx.tiny_setup()
+  poisoned = jax.tree.map(lambda x: x, state.params)
+  leaf = poisoned["target_embed"]["embedding"]
+  poisoned["target_embed"]["embedding"] = leaf.at[5, 0].set(jnp.inf)
+  state = state.replace(params=poisoned)
+  dp = parallel.DataParallel("shard_map")
+  new_state, metrics = dp.map_train_step(train_step)(
+      dp.put_replicated(state), dp.put_batch(fx.copy_batch(np.random.RandomState(0), 8)),
+      np.zeros(2, np.uint32))
+  assert dp.fetch(metrics)["nonfinite"] == 1
+  same = jax.tree.map(lambda a, b: np.array_equal(a, b, equal_nan=True),
+                      dp.fetch(new_state.params), poisoned)
+  assert all(jax.tree.leaves(same))
+
+
+def test_gradient_accumulation_equals_the_full_batch():
+  """Two micro-batches of equal token counts under MultiSteps = one step on both."""
+  rs = np.random.RandomState(0)
+  full = {k: np.tile(v, (2, 1)) for k, v in fx.copy_batch(rs, 4).items()}
+  full["inputs"][:, :] = rs.randint(3, fx.VOCAB, size=full["inputs"].shape)  # no padding
+  full["targets"] = full["inputs"].copy()
+  dp = parallel.DataParallel("shard_map")
+  rng = np.zeros(2, np.uint32)
+
+  _, _, step1, state = fx.tiny_setup(grad_accum_steps=1)
+  s1, _ = dp.map_train_step(step1)(dp.put_replicated(state), dp.put_batch(full), rng)
+  _, _, step2, state = fx.tiny_setup(grad_accum_steps=2)
+  p2 = dp.map_train_step(step2)
+  s2 = dp.put_replicated(state)
+  for half in (slice(0, 4), slice(4, 8)):
+    s2, _ = p2(s2, dp.put_batch({k: v[half] for k, v in full.items()}), rng)
+  leaves1, leaves2 = jax.tree.leaves(dp.fetch(s1.params)), jax.tree.leaves(dp.fetch(s2.params))
+  for a, b in zip(leaves1, leaves2):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_paper_schedule_is_equation_3():
+  d_model, warmup = 512, 4000
+  schedule = optim.paper_schedule(d_model, warmup)
+  for step_num in (1, 100, warmup, 10 * warmup):
+    expected = d_model ** -0.5 * min(step_num ** -0.5, step_num * warmup ** -1.5)
+    np.testing.assert_allclose(schedule(step_num - 1), expected, rtol=1e-6)
+  cfg = optim.OptimConfig(schedule="warmup_rsqrt", learning_rate=1e-3, warmup_steps=10)
+  rsqrt = optim.make_schedule(cfg, d_model, 100)
+  np.testing.assert_allclose([rsqrt(4), rsqrt(9), rsqrt(39)], [5e-4, 1e-3, 5e-4], rtol=1e-6)
+
+
+def test_optimizer_is_adam_with_the_papers_betas():
+  cfg = optim.OptimConfig()
+  tx, _ = optim.make_optimizer(cfg, 512, 100)
+  params = {"w": jnp.ones((2, 2))}
+  grads = {"w": jnp.full((2, 2), 0.5)}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  reference = optax.adam(optim.paper_schedule(512, 4000), b1=0.9, b2=0.98, eps=1e-9)
+  expected, _ = reference.update(grads, reference.init(params), params)
+  np.testing.assert_array_equal(updates["w"], expected["w"])
+
+
+def test_sequence_exact_match_counts_packed_segments():
+  correct = jnp.array([[1, 1, 0, 1, 1, 0], [1, 1, 1, 1, 0, 0]], jnp.float32)
+  segments = jnp.array([[1, 1, 2, 3, 3, 0], [1, 1, 2, 2, 0, 0]])
+  weights = (segments != 0).astype(jnp.float32)
+  exact, count = losses.sequence_exact_match(correct, weights, segments)
+  assert (float(exact), float(count)) == (4.0, 5.0)  # row 0: segments 1, 3; row 1: both
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(schedule="noam"), "schedule='noam' is not one of"),
+    (dict(grad_accum_steps=0), "grad_accum_steps=0"),
+    (dict(b2=1.0), "b2=1.0"),
+])
+def test_bad_optim_config_is_named(bad, message):
+  with pytest.raises(ValueError, match=message):
+    optim.OptimConfig(**bad)

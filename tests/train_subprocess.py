@@ -1,0 +1,72 @@
+"""Runs training in a fresh process for tests that need one (kill, SIGTERM, several hosts).
+
+  python tests/train_subprocess.py loop SPEC_JSON     train_and_evaluate(config, workdir)
+  python tests/train_subprocess.py steps SPEC_JSON    N train steps on fixed batches -> JSON
+
+`loop` spec: {"config": {...overrides of the test config...}, "workdir": ..., and
+optionally "signal_at": K, "signal": "SIGKILL"|"SIGTERM"} — the process sends itself the
+signal when the loop asks for batch K+1, i.e. after K train steps were dispatched.
+`steps` spec: {"process_id", "num_processes", "port", "backend", "steps"}; prints the
+per-step losses as JSON on the last stdout line.
+"""
+
+import json
+import os
+import signal
+import sys
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(_TESTS), _TESTS]
+
+
+def _distributed(spec):
+  import jax  # noqa: PLC0415
+  if spec.get("num_processes", 1) > 1:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=f"localhost:{spec['port']}",
+                               num_processes=spec["num_processes"],
+                               process_id=spec["process_id"])
+
+
+def run_loop(spec):
+  _distributed(spec)
+  import train_fixtures  # noqa: PLC0415
+  from transformer import data, train  # noqa: PLC0415
+  if "signal_at" in spec:
+    original = data.train_iterator
+    sig = getattr(signal, spec.get("signal", "SIGKILL"))
+
+    def wrapped(*args, **kwargs):
+      it = original(*args, **kwargs)
+      base = type(it)
+
+      class Tripwire(base):
+        """The same Grain iterator (so it checkpoints as one) that signals at batch K+1."""
+        def __next__(self):
+          self._tripwire_count = getattr(self, "_tripwire_count", 0) + 1
+          if self._tripwire_count == spec["signal_at"] + 1:
+            os.kill(os.getpid(), sig)
+          return base.__next__(self)
+
+      it.__class__ = Tripwire
+      return it
+    data.train_iterator = wrapped
+  config = train_fixtures.loop_config(spec["data_dir"], **spec.get("config", {}))
+  result = train.train_and_evaluate(config, spec["workdir"])
+  print(json.dumps({"step": result["step"], "preempted": result.get("preempted", False)}))
+
+
+def run_steps(spec):
+  _distributed(spec)
+  import jax  # noqa: PLC0415
+  import train_fixtures  # noqa: PLC0415
+  losses = train_fixtures.run_fixed_steps(spec["backend"], spec["steps"],
+                                          process_index=jax.process_index(),
+                                          process_count=jax.process_count())
+  print(json.dumps(losses))
+
+
+if __name__ == "__main__":
+  mode, spec = sys.argv[1], json.loads(sys.argv[2])
+  {"loop": run_loop, "steps": run_steps}[mode](spec)

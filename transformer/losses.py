@@ -1,0 +1,109 @@
+"""Label-smoothed cross-entropy and the metrics of a batch, as sums.
+
+Shape legend: B batch, T target length, V vocabulary.
+
+Everything here returns *sums* (of loss, correct tokens, weights...) rather than
+means, so that devices, hosts, micro-batches and eval batches combine exactly by
+adding, and the ratio is taken once at the end (`summarize`). The softmax runs in
+float32 whatever the activation dtype: the model already returns float32 logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import Array
+
+
+def smoothed_cross_entropy(logits_BTV: Array, targets_BT: Array,
+                           label_smoothing: float) -> Array:
+  """Per-token cross-entropy against smoothed labels (§5.4, epsilon_ls), [B, T] float32.
+
+  The smoothed target puts 1 - eps + eps/V on the true token and eps/V elsewhere
+  (optax.smooth_labels), so the loss is bounded below by the entropy of that
+  target, not by 0; `nll` below is the unsmoothed loss that perplexity uses.
+  """
+  vocab = logits_BTV.shape[-1]
+  labels_BTV = optax.smooth_labels(jax.nn.one_hot(targets_BT, vocab, dtype=jnp.float32),
+                                   label_smoothing)
+  return optax.softmax_cross_entropy(logits_BTV.astype(jnp.float32), labels_BTV)
+
+
+def target_weights(targets_BT: Array, targets_segmentation_BT: Array | None = None,
+                   pad_id: int = 0) -> Array:
+  """1.0 on real target tokens, 0.0 on padding (segment id 0, or pad_id without segments)."""
+  if targets_segmentation_BT is not None:
+    return (targets_segmentation_BT != 0).astype(jnp.float32)
+  return (targets_BT != pad_id).astype(jnp.float32)
+
+
+def sequence_exact_match(correct_BT: Array, weights_BT: Array,
+                         segments_BT: Array | None) -> tuple[Array, Array]:
+  """(number of sequences predicted entirely right, number of sequences).
+
+  A packed row holds several sequences; each (row, segment id) pair is one
+  sequence, counted with a segment_sum over row-offset segment ids, so the cost
+  stays O(B*T) however many sequences a row holds.
+  """
+  batch, length = correct_BT.shape
+  if segments_BT is None:
+    segments_BT = (weights_BT > 0).astype(jnp.int32)
+  row_B1 = jnp.arange(batch, dtype=jnp.int32)[:, None]
+  ids_BT = (row_B1 * (length + 1) + segments_BT.astype(jnp.int32)).reshape(-1)
+  num = batch * (length + 1)
+  present = jax.ops.segment_sum(weights_BT.reshape(-1), ids_BT, num_segments=num)
+  wrong = jax.ops.segment_sum((weights_BT * (1.0 - correct_BT)).reshape(-1), ids_BT,
+                              num_segments=num)
+  is_sequence = (present > 0) & (jnp.arange(num) % (length + 1) != 0)  # segment 0 = padding
+  exact = is_sequence & (wrong == 0)
+  return exact.sum().astype(jnp.float32), is_sequence.sum().astype(jnp.float32)
+
+
+def batch_metric_sums(logits_BTV: Array, targets_BT: Array, weights_BT: Array,
+                      segments_BT: Array | None = None,
+                      label_smoothing: float = 0.1) -> dict[str, Array]:
+  """Sums over the batch: loss (smoothed), nll, correct tokens, tokens, exact sequences.
+
+  `weights_BT` masks padding (and, in eval, the pad rows a batch was filled with).
+  """
+  loss_BT = smoothed_cross_entropy(logits_BTV, targets_BT, label_smoothing)
+  if label_smoothing:
+    nll_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV.astype(jnp.float32),
+                                                             targets_BT)
+  else:
+    nll_BT = loss_BT
+  correct_BT = (jnp.argmax(logits_BTV, axis=-1) == targets_BT).astype(jnp.float32)
+  exact, sequences = sequence_exact_match(correct_BT, weights_BT, segments_BT)
+  return {
+      "loss_sum": (loss_BT * weights_BT).sum(),
+      "nll_sum": (nll_BT * weights_BT).sum(),
+      "correct_sum": (correct_BT * weights_BT).sum(),
+      "token_count": weights_BT.sum(),
+      "exact_sum": exact,
+      "sequence_count": sequences,
+  }
+
+
+def summarize(sums: Mapping[str, float | np.ndarray]) -> dict[str, float]:
+  """Ratios of accumulated sums: loss, accuracy, perplexity, exact_match (+ passthrough).
+
+  Keys that are not sums (e.g. learning_rate, grad_norm, already averaged) pass through.
+  """
+  sums = {k: float(v) for k, v in sums.items()}
+  tokens = max(sums.get("token_count", 0.0), 1e-9)
+  out: dict[str, float] = {}
+  if "loss_sum" in sums:
+    out["loss"] = sums["loss_sum"] / tokens
+    out["nll"] = sums["nll_sum"] / tokens
+    # Perplexity of the unsmoothed model distribution; capped so a diverging run logs a number.
+    out["perplexity"] = float(np.exp(min(out["nll"], 80.0)))
+    out["accuracy"] = sums["correct_sum"] / tokens
+    out["exact_match"] = sums["exact_sum"] / max(sums["sequence_count"], 1e-9)
+    out["tokens"] = sums["token_count"]
+  sum_keys = {"loss_sum", "nll_sum", "correct_sum", "token_count", "exact_sum", "sequence_count"}
+  out.update({k: v for k, v in sums.items() if k not in sum_keys})
+  return out
