@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from transformer.attention import dot_product_attention, parse_scale
+from transformer.attention import attention_logits, dot_product_attention, parse_scale
 from transformer.config import TransformerConfig
 
 
@@ -21,8 +21,9 @@ class MultiHeadAttention(nn.Module):
   """MultiHead(Q, K, V) = Concat(head_1..head_h) W^O, head_i = Attention(Q W_i^Q, ...) (§3.2.2).
 
   `kind` ('encoder_self', 'decoder_self' or 'cross') picks the scale policy from the config.
-  When the 'intermediates' collection is mutable, the float32 attention weights are
-  sown as 'attention_weights' [B, H, T, S] (diagnostics and pictures).
+  When the 'intermediates' collection is mutable, the float32 attention weights and
+  logits (NaN where masked) are sown as 'attention_weights' and 'attention_logits'
+  [B, H, T, S] (diagnostics and pictures; `transformer.diagnostics`).
 
   decode=True is incremental decoding with the 'cache' collection. The first such call
   (over a full-length dummy target) creates the cache: for self-attention empty key and
@@ -77,6 +78,11 @@ class MultiHeadAttention(nn.Module):
     if want_weights:
       out, weights_BHTS = out
       self.sow("intermediates", "attention_weights", weights_BHTS)
+      # The scaled logits too, NaN where masked, for the diagnostics of the scale ablation.
+      logits_BHTS = attention_logits(q_BTHD, k_BSHD, scale, policy.softcap)
+      if mask is not None:
+        logits_BHTS = jnp.where(jnp.broadcast_to(mask, logits_BHTS.shape), logits_BHTS, jnp.nan)
+      self.sow("intermediates", "attention_logits", logits_BHTS)
     return nn.DenseGeneral(features=cfg.d_model, axis=(-2, -1), dtype=cfg.compute_dtype,
                            param_dtype=cfg.weights_dtype, name="out")(out)
 

@@ -1,0 +1,85 @@
+"""Attention diagnostics on crafted inputs, and the §3.2.1 logit variance at initialisation."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from transformer import diagnostics
+from transformer.config import TransformerConfig
+from transformer.model import Transformer
+from transformer.params import stack_layers
+
+
+def test_uniform_attention_has_entropy_log_length():
+  w = jnp.full((2, 3, 4, 10), 0.1)
+  stats = diagnostics.attention_stats(w, jnp.zeros((2, 3, 4, 10)))
+  np.testing.assert_allclose(np.asarray(stats["entropy_mean"]), math.log(10), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(stats["entropy_min"]), math.log(10), rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(stats["saturation"]), 0.0)
+  np.testing.assert_array_equal(np.asarray(stats["max_abs_logit"]), 0.0)
+
+
+def test_one_hot_attention_has_zero_entropy_and_full_saturation():
+  w = jax.nn.one_hot(jnp.array([[[0, 3, 2]]]), 5)  # [1, 1, 3, 5]
+  stats = diagnostics.attention_stats(w)
+  np.testing.assert_array_equal(np.asarray(stats["entropy_mean"]), 0.0)
+  np.testing.assert_array_equal(np.asarray(stats["saturation"]), 1.0)
+
+
+def test_masked_rows_and_keys_are_excluded():
+  w = jnp.array([[[[0.5, 0.5, 0.0], [0.0, 0.0, 0.0]]]])  # second query row fully masked
+  logits = jnp.array([[[[1.0, -3.0, jnp.nan], [jnp.nan, jnp.nan, jnp.nan]]]])
+  stats = diagnostics.attention_stats(w, logits)
+  np.testing.assert_allclose(np.asarray(stats["entropy_mean"]), math.log(2), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(stats["max_abs_logit"]), 3.0)
+  np.testing.assert_allclose(np.asarray(stats["logit_std"]), 2.0)
+
+
+def model_and_batch(scale, **overrides):
+  # One head with d_k = 256: row A of Table 3 with h = 1.
+  cfg = TransformerConfig.tiny(d_model=256, num_heads=1, d_ff=64, attention_scale=scale,
+                               num_encoder_layers=2, num_decoder_layers=1, **overrides)
+  model = Transformer(cfg)
+  src = jax.random.randint(jax.random.PRNGKey(1), (4, 24), 3, 64)
+  tgt = jax.random.randint(jax.random.PRNGKey(2), (4, 12), 3, 64)
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), src, tgt)["params"]
+  return model, params, {"inputs": src, "targets": tgt}
+
+
+@pytest.mark.parametrize("scale,expected_var", [("none", 256.0), ("inv_sqrt_dk", 1.0)])
+def test_logit_variance_at_init_shows_the_papers_argument(scale, expected_var):
+  """Layer 1 sees LayerNorm-ed (unit variance) inputs: var(q.k) ~ d_k unscaled, ~1 scaled."""
+  model, params, batch = model_and_batch(scale)
+  stats = diagnostics.probe_attention(model, params, batch)
+  var = float(stats["encoder_1/self_attention"]["logit_std"][0]) ** 2
+  assert expected_var / 2 < var < expected_var * 2, var
+
+
+def test_probe_names_every_layer_and_scan_gives_the_same_numbers():
+  model, params, batch = model_and_batch("inv_sqrt_dk")
+
+  def loss_fn(p):
+    return jnp.mean(model.apply({"params": p}, batch["inputs"], batch["targets"]) ** 2)
+  stats = diagnostics.diagnose(model, params, batch, loss_fn)
+  assert set(stats) == {"encoder_0/self_attention", "encoder_1/self_attention",
+                        "decoder_0/self_attention", "decoder_0/cross_attention"}
+  assert set(stats["decoder_0/cross_attention"]) == {
+      "entropy_mean", "entropy_min", "saturation", "max_abs_logit", "logit_std",
+      "grad_norm_query", "grad_norm_key"}
+  scanned = Transformer(model.config.replace(scan_layers=True))
+  sp = stack_layers(params, model.config)
+
+  def scanned_loss(p):
+    return jnp.mean(scanned.apply({"params": p}, batch["inputs"], batch["targets"]) ** 2)
+  scanned_stats = diagnostics.diagnose(scanned, sp, batch, scanned_loss)
+  assert set(scanned_stats) == set(stats)
+  for layer in stats:
+    for name in stats[layer]:
+      np.testing.assert_allclose(np.asarray(scanned_stats[layer][name]),
+                                 np.asarray(stats[layer][name]), rtol=1e-4, atol=1e-6)
+  flat = diagnostics.flatten(stats)
+  assert flat["attn/encoder_0/self_attention/entropy_mean/h0"] == pytest.approx(
+      float(stats["encoder_0/self_attention"]["entropy_mean"][0]))

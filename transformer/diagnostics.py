@@ -1,0 +1,137 @@
+"""Attention diagnostics for the scale ablation, per layer and head, on a probe batch.
+
+Statistics (B batch, H heads, T queries, S keys; masked keys and fully masked query
+rows are excluded):
+  entropy_mean / entropy_min   entropy of each query's attention distribution (nats)
+  max_abs_logit / logit_std    of the scaled logits q.k * scale
+  saturation                   share of query rows whose largest weight exceeds 0.99
+  grad_norm_query / _key       gradient norm reaching W^Q / W^K of each head
+
+At initialisation, with unit-variance inputs to the projections, logit_std^2 is about
+d_k without scaling and about 1 with 1/sqrt(d_k) (§3.2.1's argument).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+SATURATION_THRESHOLD = 0.99
+
+
+def attention_stats(weights_BHTS: Array, logits_BHTS: Array | None = None) -> dict[str, Array]:
+  """Per-head statistics [H] of one attention layer (module docstring)."""
+  w = weights_BHTS.astype(jnp.float32)
+  row_ok_BHT = jnp.sum(w, axis=-1) > 0.5  # fully masked rows have all-zero weights
+  n_rows_H = jnp.maximum(jnp.sum(row_ok_BHT, axis=(0, 2)), 1)
+  entropy_BHT = -jnp.sum(jnp.where(w > 0, w * jnp.log(jnp.where(w > 0, w, 1.0)), 0.0), axis=-1)
+  stats = {
+      "entropy_mean": jnp.sum(jnp.where(row_ok_BHT, entropy_BHT, 0.0), axis=(0, 2)) / n_rows_H,
+      "entropy_min": jnp.min(jnp.where(row_ok_BHT, entropy_BHT, jnp.inf), axis=(0, 2)),
+      "saturation": jnp.sum(row_ok_BHT & (jnp.max(w, axis=-1) > SATURATION_THRESHOLD),
+                            axis=(0, 2)) / n_rows_H,
+  }
+  if logits_BHTS is not None:
+    per_head = jnp.moveaxis(logits_BHTS.astype(jnp.float32), 1, 0).reshape(
+        logits_BHTS.shape[1], -1)
+    stats["max_abs_logit"] = jnp.nanmax(jnp.abs(per_head), axis=-1)
+    stats["logit_std"] = jnp.nanstd(per_head, axis=-1)
+  return stats
+
+
+def _attention_layers(intermediates: Mapping[str, Any], prefix: str = ""):
+  """Yields (name, weights, logits) for every attention layer sown in `intermediates`.
+
+  Layers stacked by nn.scan ([N, B, H, T, S]) are split into N named layers.
+  """
+  if "attention_weights" in intermediates:
+    weights = intermediates["attention_weights"][0]
+    logits = intermediates.get("attention_logits", (None,))[0]
+    if weights.ndim == 5:  # scanned: leading layer axis
+      base, _, kind = prefix.rpartition("/")
+      stack = base.split("/")[0]
+      for i in range(weights.shape[0]):
+        yield (f"{stack}_{i}/{kind}", weights[i], None if logits is None else logits[i])
+    else:
+      yield prefix, weights, logits
+    return
+  for key, value in intermediates.items():
+    if isinstance(value, Mapping):  # nn.scan's 'layers/layer' levels add nothing to the name
+      name = prefix if key in ("layers", "layer") else (f"{prefix}/{key}" if prefix else key)
+      yield from _attention_layers(value, name)
+
+
+def _short(name: str) -> str:
+  """'encoder/encoder_0/self_attention' -> 'encoder_0/self_attention'."""
+  parts = [p for p in name.split("/") if p not in ("encoder", "decoder")]
+  return "/".join(parts)
+
+
+def probe_attention(model, params, batch: Mapping[str, Array]) -> dict[str, dict[str, Array]]:
+  """Runs the model on a probe batch (no dropout) -> {layer name: {stat: [H]}}."""
+  _, state = model.apply(
+      {"params": params}, batch.get("inputs"), batch["targets"],
+      inputs_segmentation=batch.get("inputs_segmentation"),
+      targets_segmentation=batch.get("targets_segmentation"),
+      inputs_positions=batch.get("inputs_position"),
+      targets_positions=batch.get("targets_position"),
+      deterministic=True, mutable=["intermediates"])
+  return {_short(name): attention_stats(w, l)
+          for name, w, l in _attention_layers(state["intermediates"])}
+
+
+def qk_gradient_norms(grads: Mapping[str, Any]) -> dict[str, dict[str, Array]]:
+  """{layer name: {'grad_norm_query': [H], 'grad_norm_key': [H]}} from a gradient tree.
+
+  Kernels are [M, H, D] (or [N, M, H, D] when layers are scanned); each head's norm
+  covers its kernel slice and bias.
+  """
+  out: dict[str, dict[str, Array]] = {}
+
+  def visit(tree, prefix):
+    if "query" in tree and "key" in tree and "out" in tree:
+      for proj in ("query", "key"):
+        kernel, bias = tree[proj]["kernel"], tree[proj]["bias"]
+        sq = jnp.sum(jnp.square(kernel), axis=-1).sum(axis=-2) + jnp.sum(jnp.square(bias), -1)
+        if sq.ndim == 2:  # scanned: [N, H]
+          stack, _, kind = prefix.rpartition("/")
+          for i in range(sq.shape[0]):
+            out.setdefault(_short(f"{stack.split('/')[0]}_{i}/{kind}"), {})[
+                f"grad_norm_{proj}"] = jnp.sqrt(sq[i])
+        else:
+          out.setdefault(_short(prefix), {})[f"grad_norm_{proj}"] = jnp.sqrt(sq)
+      return
+    for key, value in tree.items():
+      if isinstance(value, Mapping):
+        name = prefix if key in ("layers", "layer") else (f"{prefix}/{key}" if prefix else key)
+        visit(value, name)
+
+  visit(grads, "")
+  return out
+
+
+def diagnose(model, params, batch: Mapping[str, Array],
+             loss_fn: Callable[[Any], Array] | None = None) -> dict[str, dict[str, Array]]:
+  """Attention statistics of the probe batch, plus Q/K gradient norms if loss_fn is given."""
+  stats = probe_attention(model, params, batch)
+  if loss_fn is not None:
+    for name, norms in qk_gradient_norms(jax.grad(loss_fn)(params)).items():
+      stats.setdefault(name, {}).update(norms)
+  return stats
+
+
+def flatten(stats: Mapping[str, Mapping[str, Array]], prefix: str = "attn") -> dict[str, float]:
+  """{'attn/decoder_0/cross_attention/entropy_mean/h0': 1.2, ..., '.../mean': ...}."""
+  flat: dict[str, float] = {}
+  for layer, values in stats.items():
+    for stat, per_head in values.items():
+      per_head = np.asarray(per_head, np.float64)
+      for h, value in enumerate(per_head):
+        flat[f"{prefix}/{layer}/{stat}/h{h}"] = float(value)
+      flat[f"{prefix}/{layer}/{stat}/mean"] = float(per_head.mean())
+  return flat
