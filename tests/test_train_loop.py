@@ -1,0 +1,203 @@
+"""The training loop end to end: exact resume after SIGKILL / SIGTERM, corrupt checkpoints,
+the NaN guard and bad input (4 simulated CPU devices, a seconds-long synthetic run)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import train_fixtures as fx
+from transformer import run_records, settings, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HELPER = os.path.join(ROOT, "tests", "train_subprocess.py")
+ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+       "JAX_PLATFORMS": "cpu"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """Runs here compile the same programs again and again: a persistent cache shares them
+  (also with the subprocesses). A cached executable is the same program: same bits."""
+  import jax  # noqa: PLC0415
+  path = str(tmp_path_factory.mktemp("jax_cache"))
+  previous = jax.config.jax_compilation_cache_dir
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  ENV["JAX_COMPILATION_CACHE_DIR"] = path
+  ENV["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+  yield
+  jax.config.update("jax_compilation_cache_dir", previous)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory):
+  """An uninterrupted 6-step run with checkpoints at 2, 4, 6."""
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  train.train_and_evaluate(fx.loop_config(data_dir), workdir)
+  return workdir
+
+
+def _params(workdir, step):
+  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
+                             options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
+    tree = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  return {"/".join(map(str, path)): np.asarray(leaf) for path, leaf in
+          __import__("jax").tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _assert_bitwise_equal(a, b):
+  assert a.keys() == b.keys()
+  for key in a:
+    assert a[key].tobytes() == b[key].tobytes(), key
+
+
+def _records(workdir):
+  return [r for r in run_records.read_metrics(workdir) if r["split"] != "perf"]
+
+
+def _helper(mode, spec):
+  return subprocess.run([sys.executable, HELPER, mode, json.dumps(spec)], env=ENV, cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_reference_run_records(reference):
+  records = _records(reference)
+  assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]
+  assert [r["step"] for r in records if r["split"] == "eval"] == [3, 6]
+  manifest = json.load(open(os.path.join(reference, "manifest.json")))
+  assert manifest["device_count"] == 4 and manifest["seed"] == 0
+  assert manifest["config"]["model"]["d_model"] == 32 and "git_commit" in manifest
+  assert os.listdir(os.path.join(reference, "tensorboard"))
+
+
+def test_sigkill_then_rerun_is_bitwise_identical(reference, data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  killed = _helper("loop", {"data_dir": data_dir, "workdir": workdir, "signal_at": 5})
+  assert killed.returncode == -9, killed.stderr[-2000:]
+  assert max(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))
+             if s.isdigit()) < 6
+  train.train_and_evaluate(fx.loop_config(data_dir), workdir)
+  _assert_bitwise_equal(_params(workdir, 6), _params(reference, 6))
+  assert _records(workdir) == _records(reference)
+
+
+def test_sigterm_saves_exits_cleanly_and_resumes_exactly(reference, data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  stopped = _helper("loop", {"data_dir": data_dir, "workdir": workdir, "signal_at": 3,
+                             "signal": "SIGTERM"})
+  assert stopped.returncode == 0, stopped.stderr[-2000:]
+  # The signal arrives while batch 4 is fetched: step 4 completes, is saved, and the run ends.
+  assert json.loads(stopped.stdout.splitlines()[-1]) == {"step": 4, "preempted": True}
+  assert "4" in os.listdir(os.path.join(workdir, "checkpoints"))
+  train.train_and_evaluate(fx.loop_config(data_dir), workdir)
+  _assert_bitwise_equal(_params(workdir, 6), _params(reference, 6))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "checksum"])
+def test_corrupt_latest_checkpoint_falls_back(reference, data_dir, tmp_path, damage, caplog):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference, workdir)
+  latest = os.path.join(workdir, "checkpoints", "6")
+  if damage == "truncate":
+    for folder, _, files in os.walk(os.path.join(latest, "state")):
+      for name in files:
+        path = os.path.join(folder, name)
+        with open(path, "r+b") as f:
+          f.truncate(os.path.getsize(path) // 2)
+  else:  # a readable checkpoint whose content does not match what was saved
+    meta_path = os.path.join(latest, "meta", "metadata")
+    meta = json.load(open(meta_path))
+    meta["checksum"] += 1
+    json.dump(meta, open(meta_path, "w"))
+  train.train_and_evaluate(fx.loop_config(data_dir), workdir)
+  assert "checkpoint at step 6 is unreadable or corrupt" in caplog.text
+  assert "resuming from step 4" in caplog.text
+  assert len(os.listdir(os.path.join(workdir, "corrupt_checkpoints"))) == 1
+  _assert_bitwise_equal(_params(workdir, 6), _params(reference, 6))
+
+
+def test_nan_guard_names_the_step_and_keeps_good_checkpoints(data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  config = fx.loop_config(data_dir, **{"optim.schedule": "constant",
+                                       "optim.learning_rate": 1e30, "optim.grad_clip_norm": 0.0,
+                                       "checkpoint_every_steps": 1, "log_every_steps": 1})
+  with pytest.raises(train.NonFiniteError, match=r"non-finite loss or gradients at step (\d+)") as e:
+    train.train_and_evaluate(config, workdir)
+  bad_step = int(e.value.args[0].split("at step ")[1].split()[0])
+  saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+  assert saved and max(saved) < bad_step
+  for leaf in _params(workdir, max(saved)).values():
+    assert np.all(np.isfinite(leaf))
+
+
+def _snapshot(path):
+  out = {}
+  for folder, _, files in os.walk(path):
+    for name in files:
+      full = os.path.join(folder, name)
+      out[full] = open(full, "rb").read()
+  return out
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"learning_rate": 0.1}, "unknown config key(s): learning_rate"),
+    ({"batch_size": 6}, "batch_size=6 is not divisible by the device count 4"),
+    ({"model.num_heads": 3}, "d_model=32 is not divisible by num_heads=3"),
+    ({"model.attention_scale": "bogus"}, "attention_scale"),
+    ({"model.hidden": 3}, "unknown TransformerConfig field(s): hidden"),
+    ({"parallel.backend": "pjit"}, "parallel.backend='pjit' is not one of pmap, shard_map"),
+    ({"optim.schedule": "noam"}, "schedule='noam' is not one of"),
+    ({"model.d_model": 64}, "holds a run with an incompatible config (model.d_model: 32 -> 64)"),
+])
+def test_bad_config_fails_fast_and_leaves_the_workdir_alone(reference, data_dir, tmp_path,
+                                                           overrides, message):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference, workdir)
+  before = _snapshot(workdir)
+  config = fx.loop_config(data_dir)
+  if "learning_rate" in overrides:  # a key the config does not have (CLI: lock_config)
+    config.unlock()
+  for key, value in overrides.items():
+    target = config
+    *parents, last = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[last] = value
+  with pytest.raises(settings.ConfigError) as e:
+    train.train_and_evaluate(config, workdir)
+  assert message in str(e.value) and "\n" not in str(e.value)
+  assert _snapshot(workdir) == before
+
+
+def test_unwritable_workdir_is_named(data_dir, tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  with pytest.raises(settings.ConfigError, match="is not writable"):
+    train.train_and_evaluate(fx.loop_config(data_dir), str(blocker / "run"))
+  assert blocker.read_text() == "not a directory"
+
+
+def test_cli_prints_one_line_errors(tmp_path):
+  base = [sys.executable, "-m", "experiments.train", "--config=experiments/configs/default.py",
+          f"--workdir={tmp_path / 'w'}"]
+  bad_batch = subprocess.run(base + ["--config.batch_size=6"], env=ENV, cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+  assert bad_batch.returncode == 1
+  assert bad_batch.stderr.strip().splitlines()[-1] == (
+      "error: batch_size=6 is not divisible by the device count 4 "
+      "(data parallelism gives every device the same share)")
+  unknown = subprocess.run(base + ["--config.no_such_key=1"], env=ENV, cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+  assert unknown.returncode != 0 and "no_such_key" in unknown.stderr
+  assert not os.path.exists(tmp_path / "w")
