@@ -72,8 +72,7 @@ def _short(name: str) -> str:
   return "/".join(parts)
 
 
-def probe_attention(model, params, batch: Mapping[str, Array]) -> dict[str, dict[str, Array]]:
-  """Runs the model on a probe batch (no dropout) -> {layer name: {stat: [H]}}."""
+def _apply_probe(model, params, batch: Mapping[str, Array]):
   _, state = model.apply(
       {"params": params}, batch.get("inputs"), batch["targets"],
       inputs_segmentation=batch.get("inputs_segmentation"),
@@ -81,8 +80,12 @@ def probe_attention(model, params, batch: Mapping[str, Array]) -> dict[str, dict
       inputs_positions=batch.get("inputs_position"),
       targets_positions=batch.get("targets_position"),
       deterministic=True, mutable=["intermediates"])
-  return {_short(name): attention_stats(w, l)
-          for name, w, l in _attention_layers(state["intermediates"])}
+  return [(_short(name), w, l) for name, w, l in _attention_layers(state["intermediates"])]
+
+
+def probe_attention(model, params, batch: Mapping[str, Array]) -> dict[str, dict[str, Array]]:
+  """Runs the model on a probe batch (no dropout) -> {layer name: {stat: [H]}}."""
+  return {name: attention_stats(w, l) for name, w, l in _apply_probe(model, params, batch)}
 
 
 def qk_gradient_norms(grads: Mapping[str, Any]) -> dict[str, dict[str, Array]]:
@@ -135,3 +138,44 @@ def flatten(stats: Mapping[str, Mapping[str, Array]], prefix: str = "attn") -> d
         flat[f"{prefix}/{layer}/{stat}/h{h}"] = float(value)
       flat[f"{prefix}/{layer}/{stat}/mean"] = float(per_head.mean())
   return flat
+
+
+class Probe:
+  """The diagnostics of a fixed probe batch, jit-compiled once; used by the training loop.
+
+  The gradient norms are those of the unsmoothed cross-entropy of the probe batch.
+  """
+
+  def __init__(self, model, batch: Mapping[str, np.ndarray], rows: int = 4):
+    keys = ("inputs", "targets", "inputs_segmentation", "targets_segmentation",
+            "inputs_position", "targets_position")
+    self.batch = {k: jnp.asarray(batch[k][:rows]) for k in keys if k in batch}
+
+    def loss_fn(params):
+      logits = model.apply({"params": params}, self.batch.get("inputs"), self.batch["targets"])
+      weights = (self.batch["targets"] != 0).astype(jnp.float32)
+      nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), self.batch["targets"][..., None],
+                                 axis=-1)[..., 0]
+      return jnp.sum(nll * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+    def run(params):
+      layers = _apply_probe(model, params, self.batch)
+      stats = {name: attention_stats(w, l) for name, w, l in layers}
+      for name, norms in qk_gradient_norms(jax.grad(loss_fn)(params)).items():
+        stats.setdefault(name, {}).update(norms)
+      return stats, {name: w[0] for name, w, _ in layers}  # maps of the first example
+
+    self._run = jax.jit(run)
+
+  def __call__(self, params) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """(flat statistics for metrics.jsonl, {layer: weights [H, T, S]} of the first example)."""
+    stats, maps = self._run(params)
+    return flatten(stats), {name: self._crop(name, np.asarray(w)) for name, w in maps.items()}
+
+  def _crop(self, name: str, weights_HTS: np.ndarray) -> np.ndarray:
+    """Drops padding rows/columns: queries and keys of the first example only."""
+    n_src = int(np.sum(np.asarray(self.batch["inputs"][0]) != 0)) if "inputs" in self.batch else 0
+    n_tgt = int(np.sum(np.asarray(self.batch["targets"][0]) != 0))
+    t = n_src if name.startswith("encoder") else n_tgt
+    s = n_tgt if "self_attention" in name and name.startswith("decoder") else (n_src or n_tgt)
+    return weights_HTS[:, :t, :s]

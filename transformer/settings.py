@@ -41,6 +41,7 @@ class Settings:
   num_eval_batches: int = 0          # 0: the whole eval split
   decode_at_end: bool = True         # greedy decoding of the test split: exact match
   decode_examples: int = 3           # greedy outputs printed beside their targets
+  attention_diagnostics: bool = True  # per-layer/head attention statistics at each evaluation
   model: Any = None                  # raw mapping; vocab_size 0 = the tokenizer's
   data: Any = None
   optim: Any = None

@@ -10,6 +10,7 @@ stops with an error naming the step and leaves the last good checkpoint alone.
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import threading
 import time
@@ -21,7 +22,8 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from transformer import checkpoint, data, losses, optim, parallel, run_records, settings
+from transformer import (checkpoint, data, diagnostics, losses, optim, parallel, run_records,
+                         settings)
 from transformer import step as step_lib
 from transformer.model import Transformer
 
@@ -109,6 +111,23 @@ def decode_split(run: dict[str, Any], params: Any, split: str) -> tuple[dict[str
   if jax.process_count() > 1:
     exact, count = multihost_utils.process_allgather(np.array([exact, count])).sum(0)
   return {"greedy_exact_match": exact / max(count, 1), "decoded": float(count)}, examples
+
+
+def _log_attention(run: dict[str, Any], params: Any, writer, step: int, workdir: str) -> None:
+  """Attention diagnostics of a fixed probe batch (the eval split's first rows).
+
+  Logged under split 'attention'; the first probe example's attention maps are saved to
+  WORKDIR/attention_probe.npz (overwritten at each evaluation; the sweep plots the last).
+  """
+  if "probe" not in run:
+    first = run["eval_cache"][run["data_cfg"].eval_split][0]
+    run["probe"] = diagnostics.Probe(run["model"], first)
+  stats, maps = run["probe"](run["dp"].fetch(params))
+  writer.write(step, "attention", stats)
+  if jax.process_index() == 0:
+    tmp = os.path.join(workdir, "attention_probe.tmp.npz")
+    np.savez(tmp, **maps)
+    os.replace(tmp, os.path.join(workdir, "attention_probe.npz"))
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
@@ -208,6 +227,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         if step % cfg.eval_every_steps == 0 or final:
           writer.write(step, "eval", evaluate(run, state.params, data_cfg.eval_split,
                                               cfg.num_eval_batches))
+          if cfg.attention_diagnostics:
+            _log_attention(run, state.params, writer, step, workdir)
         if save or stop:
           ckpt.save(step, dp.to_global(state), rng, train_iter,
                     {"identity": identity})
