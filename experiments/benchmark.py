@@ -1,0 +1,34 @@
+"""Benchmarks the training step: compile time, step time, tokens/s, model FLOPs, MFU, memory.
+
+  python -m experiments.benchmark --config=experiments/configs/benchmark_base.py --steps=10
+  python -m experiments.benchmark --config=experiments/configs/benchmark_base.py:big \
+      --config.batch_size=256 --config.model.remat=True
+
+The logic (and what MFU is measured against) is in `transformer.benchmark`.
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Benchmark config file (with :VARIANT).",
+                                lock_config=True)
+flags.DEFINE_integer("steps", 10, "Timed training steps (after compilation and warm-up).")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  from transformer import benchmark, settings  # noqa: PLC0415  (flag errors before JAX loads)
+  try:
+    figures = benchmark.run(FLAGS.config, FLAGS.steps)
+  except settings.ConfigError as e:
+    sys.exit(f"error: {e}")
+  print(benchmark.report(figures), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

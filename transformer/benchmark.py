@@ -1,0 +1,227 @@
+"""Training-step throughput: the real training step on synthetic batches, against a ceiling.
+
+The step benchmarked is the one `experiments.train` runs: `step.make_train_step` with
+the optimizer of `optim.make_optimizer`, mapped by `parallel.DataParallel`, built from
+the same experiment config (`settings.resolve`). Only the data differ: random token
+ids of the configured shapes, with no padding, so every position is a real token.
+
+MFU (model FLOPs utilisation) = model FLOPs per step (`transformer.flops`) / step
+time / ceiling, where the ceiling is
+  CPU: the dense float32 matmul rate this process measures itself (a large jitted
+       matmul, median of repeats, half before and half after the step timing, so
+       that both see the same machine load);
+  GPU: the device's published dense bf16 peak, times the number of devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import resource
+import statistics
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from transformer import flops, optim, parallel, settings
+from transformer import step as step_lib
+from transformer.model import Transformer
+
+# Published dense (no sparsity) bf16 peaks, FLOP/s, by jax Device.device_kind prefix.
+GPU_BF16_PEAK = {"NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA H800": 989e12,
+                 "NVIDIA GH200": 989e12, "NVIDIA A100": 312e12, "NVIDIA L4": 121e12}
+# Benchmark options under config.benchmark (the rest is an ordinary experiment config).
+DEFAULTS = dict(source_length=64, target_length=64, warmup_steps=2, matmul_size=2048,
+                matmul_repeats=10)
+
+
+@dataclasses.dataclass
+class Figures:
+  """Everything the benchmark measures; times in seconds, rates per second."""
+  device: str
+  num_devices: int
+  parameters: int
+  batch: int
+  source_length: int
+  target_length: int
+  compile_s: float
+  step_times_s: list[float]
+  model_flops_per_step: int
+  ceiling_flops: float          # FLOP/s the MFU is measured against
+  ceiling_kind: str             # 'measured float32 matmul' or 'published bf16 peak'
+  matmul_flops: float           # the measured matmul rate (also on GPU, for reference)
+  peak_memory_bytes: int
+  peak_memory_kind: str
+
+  @property
+  def median_step_s(self) -> float:
+    return statistics.median(self.step_times_s)
+
+  @property
+  def tokens_per_step(self) -> int:
+    return self.batch * (self.source_length + self.target_length)
+
+  @property
+  def tokens_per_s(self) -> float:
+    return self.tokens_per_step / self.median_step_s
+
+  @property
+  def achieved_flops(self) -> float:
+    return self.model_flops_per_step / self.median_step_s
+
+  @property
+  def mfu(self) -> float:
+    return self.achieved_flops / self.ceiling_flops
+
+
+def split_config(config: Any) -> tuple[Any, dict[str, Any]]:
+  """(the experiment config without `benchmark`, the benchmark options); one-line errors."""
+  raw = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  options = {**DEFAULTS, **dict(raw.pop("benchmark", None) or {})}
+  unknown = sorted(set(options) - set(DEFAULTS))
+  if unknown:
+    raise settings.ConfigError(f"unknown benchmark key(s): {', '.join(unknown)}; "
+                               f"valid: {', '.join(sorted(DEFAULTS))}")
+  for name, value in options.items():
+    if not isinstance(value, int) or value < (0 if name == "warmup_steps" else 1):
+      raise settings.ConfigError(f"benchmark.{name}={value!r} must be a positive integer")
+  if not (raw.get("model") or {}).get("vocab_size"):
+    raise settings.ConfigError("model.vocab_size must be set (> 0): the benchmark has no tokenizer")
+  return raw, options
+
+
+def synthetic_batch(rng: np.random.Generator, batch: int, source_length: int,
+                    target_length: int, vocab_size: int, decoder_only: bool) -> dict:
+  """Random ids in [3, vocab) (never pad, BOS or EOS): full rows, every token counts."""
+  low = min(3, vocab_size - 1)
+  out = {"targets": rng.integers(low, vocab_size, (batch, target_length), dtype=np.int32)}
+  if not decoder_only:
+    out["inputs"] = rng.integers(low, vocab_size, (batch, source_length), dtype=np.int32)
+  return out
+
+
+def _timed(fn, *args) -> float:
+  start = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  return time.perf_counter() - start
+
+
+def matmul_rate(size: int, dtype: Any, repeats: int, device: jax.Device | None = None) -> list[float]:
+  """FLOP/s of repeated jitted [size, size] x [size, size] matmuls (2 size^3 FLOPs each)."""
+  keys = jax.random.split(jax.random.key(0))
+  a, b = (jax.device_put(jax.random.normal(k, (size, size), dtype), device) for k in keys)
+  # Chained a@b@...: several matmuls per dispatch so the dispatch overhead stays negligible.
+  chain = 4
+  def f(x, y):
+    for _ in range(chain):
+      x = jnp.dot(x, y, preferred_element_type=dtype) * jnp.asarray(size ** -0.5, dtype)
+    return x
+  matmul = jax.jit(f).lower(a, b).compile()
+  _timed(matmul, a, b)  # warm-up
+  return [chain * 2 * size ** 3 / _timed(matmul, a, b) for _ in range(repeats)]
+
+
+def gpu_peak(device: jax.Device) -> float | None:
+  for prefix, peak in GPU_BF16_PEAK.items():
+    if device.device_kind.startswith(prefix):
+      return peak
+  return None
+
+
+def peak_memory(devices: list[jax.Device]) -> tuple[int, str]:
+  """Device allocator peak where the backend reports one (GPU), else the process max RSS."""
+  stats = [d.memory_stats() or {} for d in devices]
+  if all("peak_bytes_in_use" in s for s in stats):
+    return max(s["peak_bytes_in_use"] for s in stats), "device peak_bytes_in_use (max over devices)"
+  # Linux reports ru_maxrss in KiB.
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process max RSS"
+
+
+def run(config: Any, steps: int, log=print) -> Figures:
+  """Compiles and times `steps` training steps of the configured model; returns the figures."""
+  if steps < 1:
+    raise settings.ConfigError(f"steps={steps} must be >= 1")
+  raw, opts = split_config(config)
+  cfg, _, optim_cfg, backend = settings.resolve(raw)
+  model_cfg = settings.model_config(cfg, raw["model"]["vocab_size"])
+  model = Transformer(model_cfg)
+  tx, schedule = optim.make_optimizer(optim_cfg, model_cfg.d_model, cfg.num_train_steps)
+  lr_fn = lambda s: optim.learning_rate_at(schedule, optim_cfg, s)  # noqa: E731
+  dp = parallel.DataParallel(backend)
+  train_step = dp.map_train_step(step_lib.make_train_step(model, tx, lr_fn, cfg.label_smoothing))
+
+  src, tgt = opts["source_length"], opts["target_length"]
+  host_batch = synthetic_batch(np.random.default_rng(cfg.seed), cfg.batch_size, src, tgt,
+                               model_cfg.output_vocab_size, model_cfg.decoder_only)
+  init_key, dropout_key = jax.random.split(jax.random.key(cfg.seed))
+
+  first_inputs = None if model_cfg.decoder_only else jnp.ones((1, src), jnp.int32)
+
+  def init_state():
+    params = model.init(init_key, first_inputs, jnp.ones((1, tgt), jnp.int32))["params"]
+    return step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                               opt_state=tx.init(params))
+
+  state = dp.put_replicated(jax.jit(init_state)())
+  n_params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(init_state).params))
+  batch = dp.put_batch(host_batch)
+  rng = np.asarray(jax.random.key_data(dropout_key))
+  log(f"model {model_cfg}\n{n_params:,} parameters; batch {cfg.batch_size} x (source {src} + "
+      f"target {tgt}); {dp.num_devices} x {jax.devices()[0].device_kind} ({backend})")
+
+  start = time.perf_counter()
+  compiled = train_step.lower(state, batch, rng).compile()
+  compile_s = time.perf_counter() - start
+
+  device = dp.mesh.devices.flat[0]
+  peak = gpu_peak(device) if device.platform == "gpu" else None
+  # CPU: float32 ceiling, half the repeats before and half after the steps (same load).
+  mm_dtype = jnp.bfloat16 if peak else jnp.float32
+  size, reps = opts["matmul_size"], opts["matmul_repeats"]
+  rates = matmul_rate(size, mm_dtype, (reps + 1) // 2, device)
+  for _ in range(opts["warmup_steps"]):
+    state, metrics = compiled(state, batch, rng)
+  jax.block_until_ready((state, metrics))
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, metrics = compiled(state, batch, rng)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - start)
+  rates += matmul_rate(size, mm_dtype, reps // 2, device)
+  measured = statistics.median(rates)
+  mem, mem_kind = peak_memory(list(dp.mesh.devices.flat))
+  if peak:
+    ceiling, ceiling_kind = peak * dp.num_devices, f"published bf16 peak x {dp.num_devices}"
+  else:
+    ceiling, ceiling_kind = measured, f"measured {np.dtype(mm_dtype).name} {size}^3 matmul"
+  return Figures(
+      device=device.device_kind, num_devices=dp.num_devices, parameters=int(n_params),
+      batch=cfg.batch_size, source_length=0 if model_cfg.decoder_only else src,
+      target_length=tgt, compile_s=compile_s, step_times_s=times,
+      model_flops_per_step=flops.step_flops(model_cfg, cfg.batch_size, src, tgt).train,
+      ceiling_flops=ceiling, ceiling_kind=ceiling_kind, matmul_flops=measured,
+      peak_memory_bytes=int(mem), peak_memory_kind=mem_kind)
+
+
+def report(f: Figures) -> str:
+  """The figures as aligned lines."""
+  t = sorted(f.step_times_s)
+  q1, q3 = (np.percentile(t, [25, 75]) if len(t) > 1 else (t[0], t[0]))
+  lines = [
+      ("compile time", f"{f.compile_s:.2f} s (trace + lower + XLA compile)"),
+      ("median step time", f"{f.median_step_s * 1e3:.1f} ms over {len(t)} steps "
+                           f"(min {t[0] * 1e3:.1f}, IQR {q1 * 1e3:.1f}-{q3 * 1e3:.1f}, "
+                           f"max {t[-1] * 1e3:.1f})"),
+      ("tokens/s", f"{f.tokens_per_s:,.0f} ({f.tokens_per_step:,} source + target tokens "
+                   "per step)"),
+      ("model FLOPs/step", f"{f.model_flops_per_step / 1e9:.2f} GFLOP (3 x forward matmuls)"),
+      ("achieved", f"{f.achieved_flops / 1e9:.2f} GFLOP/s"),
+      ("ceiling", f"{f.ceiling_flops / 1e9:.2f} GFLOP/s ({f.ceiling_kind}); measured matmul "
+                  f"{f.matmul_flops / 1e9:.2f} GFLOP/s"),
+      ("MFU", f"{100 * f.mfu:.1f}%"),
+      ("peak memory", f"{f.peak_memory_bytes / 2**20:,.0f} MiB ({f.peak_memory_kind})"),
+  ]
+  return "\n".join(f"{name:>17s}: {value}" for name, value in lines)
