@@ -6,7 +6,7 @@
 `loop` spec: {"config": {...overrides of the test config...}, "workdir": ..., and
 optionally "signal_at": K, "signal": "SIGKILL"|"SIGTERM"} — the process sends itself the
 signal when the loop asks for batch K+1, i.e. after K train steps were dispatched.
-`steps` spec: {"process_id", "num_processes", "port", "backend", "steps"}; prints the
+`steps` spec: {"process_id", "num_processes", "port", "backends", "steps"}; prints the
 per-step losses as JSON on the last stdout line.
 """
 
@@ -61,9 +61,10 @@ def run_steps(spec):
   _distributed(spec)
   import jax  # noqa: PLC0415
   import train_fixtures  # noqa: PLC0415
-  losses = train_fixtures.run_fixed_steps(spec["backend"], spec["steps"],
-                                          process_index=jax.process_index(),
-                                          process_count=jax.process_count())
+  losses = {backend: train_fixtures.run_fixed_steps(backend, spec["steps"],
+                                                    process_index=jax.process_index(),
+                                                    process_count=jax.process_count())
+            for backend in spec["backends"]}
   print(json.dumps(losses))
 
 
