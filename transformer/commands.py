@@ -1,0 +1,175 @@
+"""What experiments/{translate,evaluate,average_checkpoints}.py do, callable from tests.
+
+Each command checks its input first (workdir, checkpoint, files, line lengths) and
+raises a one-line ValueError / OSError naming the problem before anything is compiled;
+the entry points print it as `error: ...` and exit 1. Nothing here writes into the
+workdir except `average`, which writes only WORKDIR/averaged/.
+"""
+
+from __future__ import annotations
+
+import logging as py_logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import IO, Any
+
+from absl import logging
+
+from transformer import averaging, evaluation, inference, run_records
+from transformer.data import text_files
+
+
+class UsageError(ValueError):
+  """Bad flags or input; the message is one line."""
+
+
+class _Chatter(py_logging.Filter):
+  """Drops warnings that are noise for these tools (TFDS custom configs, read-only Orbax)."""
+  _NOISE = ("Using custom data configuration", "Given directory is read only")
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return not any(n in str(record.msg) for n in self._NOISE)
+
+
+def quiet_logs() -> None:
+  run_records.quiet_library_logs()
+  logging.get_absl_handler().addFilter(_Chatter())
+
+
+def read_input(path: str | None, stdin: IO[str]) -> list[str]:
+  """Lines of --input (plain or .gz) or of stdin, without line endings; never empty."""
+  if path:
+    if not os.path.isfile(path):
+      raise UsageError(f"--input file {path!r} does not exist")
+    try:
+      lines = text_files.read_lines(path)
+    except ValueError as e:
+      if "file is empty" in str(e):
+        raise UsageError(f"the input is empty: {path} has no lines to translate") from None
+      raise
+  else:
+    text = stdin.read()
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if lines and lines[-1] == "":
+      lines.pop()
+  if not any(line.strip() for line in lines):
+    raise UsageError("the input is empty: no lines to translate"
+                     + (f" in {path}" if path else " on stdin"))
+  return lines
+
+
+def _check_decoding(beam_size: int, alpha: float, batch_size: int) -> None:
+  if beam_size < 1:
+    raise UsageError(f"--beam_size={beam_size} must be >= 1 (1 is greedy decoding)")
+  if alpha < 0:
+    raise UsageError(f"--alpha={alpha} must be >= 0")
+  if batch_size < 1:
+    raise UsageError(f"--batch_size={batch_size} must be >= 1")
+
+
+def translate(workdir: str, *, input_path: str | None = None, beam_size: int = 4,
+              alpha: float = 0.6, checkpoint: str = "latest", batch_size: int = 32,
+              stdin: IO[str] | None = None, stdout: IO[str] | None = None) -> list[str]:
+  """Prints one translation per input line, in order; returns them."""
+  _check_decoding(beam_size, alpha, batch_size)
+  run = inference.load_run(workdir)
+  inference.check_checkpoint(run, checkpoint)
+  lines = read_input(input_path, stdin or sys.stdin)
+  sources = evaluation.encode_sources(run, lines)  # over-long lines fail here, before compiling
+  params, described = inference.restore_params(run, checkpoint)
+  logging.info("translating %d lines (%s) with the %s params of %s", len(lines), run.direction,
+               described, workdir)
+  outputs = evaluation.translate_ids(run, params, sources, beam_size=beam_size, alpha=alpha,
+                                     batch_size=batch_size)
+  hypotheses = [run.tokenizer.decode(ids.tolist()) for ids in outputs]
+  assert len(hypotheses) == len(lines), (len(hypotheses), len(lines))
+  out = stdout or sys.stdout
+  for line in hypotheses:
+    out.write(line.replace("\n", " ") + "\n")
+  out.flush()
+  return hypotheses
+
+
+def _pairs(run: inference.Run, split: str | None, source: str | None, reference: str | None,
+           limit: int) -> tuple[list[tuple[str, str]], str]:
+  if bool(split) == bool(source or reference):
+    raise UsageError("give either --split or both --source and --reference")
+  if split:
+    try:
+      pairs = evaluation.split_examples(run, split, limit)
+    except ValueError as e:
+      raise UsageError(str(e).splitlines()[0]) from None
+    return pairs, f"split {split!r} of {run.data_cfg.dataset}"
+  if not (source and reference):
+    raise UsageError("--source and --reference go together")
+  for flag, path in (("--source", source), ("--reference", reference)):
+    if not os.path.isfile(path):
+      raise UsageError(f"{flag} file {path!r} does not exist")
+  pairs = [(s, t) for _, s, t in text_files.read_parallel(source, reference)]
+  return pairs[:limit] if limit > 0 else pairs, f"{source} against {reference}"
+
+
+def evaluate(workdir: str, *, split: str | None = None, source: str | None = None,
+             reference: str | None = None, beam_size: int = 4, alpha: float = 0.6,
+             checkpoint: str = "latest", batch_size: int = 32, limit: int = 0,
+             output: str | None = None, perplexity: bool = True,
+             stdout: IO[str] | None = None) -> dict[str, Any]:
+  """Prints BLEU and chrF (with signatures), direction, line count and perplexity."""
+  _check_decoding(beam_size, alpha, batch_size)
+  if output and any(output and os.path.exists(p) and os.path.samefile(output, p)
+                    for p in (source, reference) if p):
+    raise UsageError(f"--output={output!r} would overwrite an input file")
+  run = inference.load_run(workdir)
+  inference.check_checkpoint(run, checkpoint)
+  pairs, what = _pairs(run, split, source, reference, limit)
+  params, described = inference.restore_params(run, checkpoint)
+  scores, hypotheses = evaluation.score_pairs(run, params, pairs, beam_size=beam_size,
+                                              alpha=alpha, batch_size=batch_size)
+  assert len(hypotheses) == len(pairs) == scores["lines"]
+  result: dict[str, Any] = {**scores, "checkpoint": described, "direction": run.direction}
+  if perplexity:
+    result["teacher_forced"] = evaluation.perplexity(run, params, pairs, batch_size=batch_size)
+  decoding = "greedy" if beam_size == 1 else f"beam {beam_size}, alpha {alpha}"
+  lines = [f"run: {run.workdir} ({described})",
+           f"direction: {run.direction}",
+           f"data: {what}, {len(pairs)} lines; decoding: {decoding}",
+           f"BLEU: {scores['bleu_text']}",
+           f"BLEU signature: {scores['bleu_signature']}",
+           f"chrF: {scores['chrf']:.2f}",
+           f"chrF signature: {scores['chrf_signature']}"]
+  if perplexity:
+    tf = result["teacher_forced"]
+    lines.append(f"perplexity: {tf['perplexity']:.4f} (teacher-forced, unsmoothed nll "
+                 f"{tf['nll']:.4f} per token over {int(tf['tokens'])} target tokens)")
+  if output:
+    with open(output, "w") as f:
+      f.writelines(h.replace("\n", " ") + "\n" for h in hypotheses)
+    lines.append(f"hypotheses: {output}")
+  out = stdout or sys.stdout
+  out.write("\n".join(lines) + "\n")
+  out.flush()
+  return {**result, "hypotheses": hypotheses}
+
+
+def average(workdir: str, last: int, *, overwrite: bool = False,
+            stdout: IO[str] | None = None) -> dict[str, Any]:
+  """Averages the last N checkpoints into WORKDIR/averaged/STEP; prints what it did."""
+  meta = averaging.average_last(workdir, last, overwrite=overwrite)
+  steps = ", ".join(map(str, meta["steps"]))
+  verb = "already holds" if meta["existing"] else "wrote"
+  out = stdout or sys.stdout
+  out.write(f"{meta['path']}: {verb} the average of the params of steps {steps}; use "
+            f"--checkpoint=averaged\n")
+  out.flush()
+  return meta
+
+
+def run_tool(fn, *args: Sequence[Any], **kwargs: Any) -> Any:
+  """Runs a command for an entry point: a bad input becomes `error: ...` and exit status 1."""
+  quiet_logs()
+  try:
+    return fn(*args, **kwargs)
+  except (ValueError, OSError) as e:
+    message = str(e).splitlines()[0] if str(e) else type(e).__name__
+    sys.exit(f"error: {message}")

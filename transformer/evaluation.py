@@ -1,0 +1,245 @@
+"""BLEU and chrF through sacreBLEU, whole-split translation, and perplexity.
+
+Scores are sacreBLEU's, computed on detokenized hypotheses (the tokenizer's `decode`)
+against the dataset's raw reference text (`data.raw_examples`), never against references
+rebuilt from token ids, and reported with sacreBLEU's signature. (The paper's §6.1 BLEU is
+tokenized BLEU; sacreBLEU's detokenized 13a BLEU is the comparable modern figure.)
+
+Every function takes `bits`: a loaded run (`inference.Run`) or the `run` dict that
+`transformer.train.train_and_evaluate` builds, whose params may still be in the training
+layout (replicated over devices); compiled decoders are cached on it between calls.
+Translation is batched, longest-first sorting aside, and returns one output per input in
+input order; output length is capped at the source length + 50 (§6.1) and model.max_len.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from sacrebleu.metrics import BLEU, CHRF
+
+from transformer import data, decoding, losses
+
+EXTRA_OUTPUT_TOKENS = 50  # §6.1: maximum output length = input length + 50
+
+
+class InputTooLong(ValueError):
+  """A source line the model cannot take; names the line, its length and the limit."""
+
+
+def _parts(bits: Any) -> tuple[Any, Any, data.DataConfig, float, dict, Any]:
+  """(model, tokenizer, data config, label smoothing, cache, DataParallel or None)."""
+  if isinstance(bits, Mapping):  # train.py's run dict
+    cache = bits.setdefault("evaluation_cache", {}) if isinstance(bits, dict) else {}
+    return (bits["model"], bits["tokenizer"], bits["data_cfg"],
+            bits["settings"].label_smoothing, cache, bits.get("dp"))
+  return bits.model, bits.tokenizer, bits.data_cfg, bits.settings.label_smoothing, bits.cache, None
+
+
+def device_params(bits: Any, params: Any) -> Any:
+  """One device's copy of params in any layout: host, one device, pmap-stacked, replicated."""
+  dp = _parts(bits)[5]
+
+  def one(x):
+    if not isinstance(x, jax.Array) or len(x.sharding.device_set) == 1:
+      return x
+    shard = x.addressable_shards[0].data
+    stacked = dp is not None and dp.backend == "pmap" and x.sharding == dp.local_stacked
+    return shard[0] if stacked else shard
+  return jax.tree.map(one, params)
+
+
+# Scores.
+
+def corpus_scores(hypotheses: Sequence[str], references: Sequence[str], *,
+                  target_lang: str | None = None) -> dict[str, Any]:
+  """sacreBLEU corpus BLEU and chrF of detokenized text, with their signatures."""
+  if len(hypotheses) != len(references):
+    raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
+  bleu, chrf = BLEU(trg_lang=target_lang or ""), CHRF()
+  refs = [list(references)]
+  b, c = bleu.corpus_score(list(hypotheses), refs), chrf.corpus_score(list(hypotheses), refs)
+  return {"bleu": b.score, "chrf": c.score, "bleu_signature": str(bleu.get_signature()),
+          "chrf_signature": str(chrf.get_signature()), "bleu_text": str(b),
+          "lines": len(hypotheses)}
+
+
+def _target_lang(cfg: data.DataConfig) -> str | None:
+  return None if cfg.builder_name == "synthetic_seq2seq" else cfg.target_lang
+
+
+# Translation.
+
+def source_limit(model: Any) -> int:
+  """The longest source (tokens, with EOS) the model takes: its positions' max_len."""
+  return model.config.max_len
+
+
+def encode_sources(bits: Any, texts: Sequence[str], *, truncate: bool = False
+                   ) -> list[np.ndarray]:
+  """Ids + EOS of each line; an over-long line raises InputTooLong (or, with truncate,
+  keeps its first max_len - 1 tokens and EOS, counted in a warning)."""
+  model, tokenizer = _parts(bits)[:2]
+  limit = source_limit(model)
+  out, cut = [], 0
+  for number, text in enumerate(texts, start=1):
+    ids = np.asarray(list(tokenizer.encode(text)) + [tokenizer.eos_id], np.int32)
+    if len(ids) > limit:
+      if not truncate:
+        raise InputTooLong(f"line {number} is {len(ids)} tokens long (with EOS); the model "
+                           f"takes at most {limit} (model.max_len)")
+      ids, cut = np.append(ids[:limit - 1], tokenizer.eos_id).astype(np.int32), cut + 1
+    out.append(ids)
+  if cut:
+    logging.warning("truncated %d of %d source lines to max_len=%d tokens", cut, len(texts),
+                    limit)
+  return out
+
+
+def _decoder(bits: Any, batch: int, width: int, max_length: int, beam_size: int, alpha: float):
+  model, cache = _parts(bits)[0], _parts(bits)[4]
+  key = ("decode", batch, width, max_length, beam_size, alpha)
+  if key not in cache:
+    if beam_size == 1:
+      fn = functools.partial(decoding.greedy_decode, model, max_length=max_length)
+    else:
+      fn = lambda p, x: decoding.beam_decode(  # noqa: E731
+          model, p, x, beam_size=beam_size, alpha=alpha, max_length=max_length)[0][:, 0]
+    cache[key] = jax.jit(fn)
+  return cache[key]
+
+
+def translate_ids(bits: Any, params: Any, sources: Sequence[np.ndarray], *, beam_size: int = 1,
+                  alpha: float = 0.6, batch_size: int = 32) -> list[np.ndarray]:
+  """Output ids (up to, without, EOS) for each source (ids + EOS), in input order.
+
+  Sources are sorted by length so that batches waste little padding; a batch is
+  [batch_size, width] with width rounded up to a multiple of 8 (few compilations), and
+  the last batch is filled with copies of its first row, whose outputs are dropped.
+  Greedy outputs are cut at each row's own source length + 50, which equals decoding the
+  row alone (greedy rows are independent); beam search uses the batch's limit.
+  """
+  if beam_size < 1 or batch_size < 1:
+    raise ValueError(f"beam_size={beam_size} and batch_size={batch_size} must be >= 1")
+  model = _parts(bits)[0]
+  params = device_params(bits, params)
+  cfg = model.config
+  limit = source_limit(model)
+  batch_size = min(batch_size, max(len(sources), 1))
+  order = sorted(range(len(sources)), key=lambda i: -len(sources[i]))
+  results: list[np.ndarray | None] = [None] * len(sources)
+  for start in range(0, len(order), batch_size):
+    rows = order[start:start + batch_size]
+    longest = max(len(sources[i]) for i in rows)
+    width = min(8 * math.ceil(longest / 8), max(limit, longest))
+    max_length = min(width + EXTRA_OUTPUT_TOKENS, cfg.max_len)
+    inputs = np.zeros((batch_size, width), np.int32)
+    for r, i in enumerate(rows + [rows[0]] * (batch_size - len(rows))):
+      inputs[r, :len(sources[i])] = sources[i]
+    out = np.asarray(_decoder(bits, batch_size, width, max_length, beam_size, alpha)(
+        params, jnp.asarray(inputs)))
+    for r, i in enumerate(rows):
+      seq = out[r][:len(sources[i]) + EXTRA_OUTPUT_TOKENS]
+      ends = np.flatnonzero(seq == cfg.eos_id)
+      results[i] = seq[:ends[0]] if len(ends) else seq
+  missing = [i for i, r in enumerate(results) if r is None]
+  assert not missing, f"sources {missing[:5]} got no translation"
+  return results  # type: ignore[return-value]
+
+
+def translate_texts(bits: Any, params: Any, texts: Sequence[str], *, beam_size: int = 1,
+                    alpha: float = 0.6, batch_size: int = 32, truncate: bool = False
+                    ) -> list[str]:
+  """Detokenized translations of text lines, one per line, in order."""
+  tokenizer = _parts(bits)[1]
+  sources = encode_sources(bits, texts, truncate=truncate)
+  outputs = translate_ids(bits, params, sources, beam_size=beam_size, alpha=alpha,
+                          batch_size=batch_size)
+  hypotheses = [tokenizer.decode(ids.tolist()) for ids in outputs]
+  assert len(hypotheses) == len(texts), (len(hypotheses), len(texts))
+  return hypotheses
+
+
+def split_examples(bits: Any, split: str, limit: int = 0) -> list[tuple[str, str]]:
+  """The split's raw (source, reference) texts, the first `limit` of them if limit > 0."""
+  _, _, cfg, _, cache, _ = _parts(bits)
+  key = ("raw", split)
+  if key not in cache:
+    cache[key] = data.raw_examples(cfg, split)
+  return cache[key][:limit] if limit > 0 else cache[key]
+
+
+def score_pairs(bits: Any, params: Any, pairs: Sequence[tuple[str, str]], *, beam_size: int = 1,
+                alpha: float = 0.6, batch_size: int = 32) -> tuple[dict[str, Any], list[str]]:
+  """(BLEU/chrF scores, hypotheses) of translating each source against its reference."""
+  hypotheses = translate_texts(bits, params, [s for s, _ in pairs], beam_size=beam_size,
+                               alpha=alpha, batch_size=batch_size, truncate=True)
+  references = [t for _, t in pairs]
+  assert len(hypotheses) == len(references), (len(hypotheses), len(references))
+  scores = corpus_scores(hypotheses, references, target_lang=_target_lang(_parts(bits)[2]))
+  return scores, hypotheses
+
+
+def bleu_on_split(bits: Any, params: Any, split: str, *, limit: int = 0, beam_size: int = 1,
+                  alpha: float = 0.6, batch_size: int = 64) -> dict[str, float]:
+  """{'bleu', 'chrf', 'bleu_lines'} on the first `limit` examples of a split (0: all).
+
+  For periodic evaluation in training: the subset is fixed, its raw text and the compiled
+  decoders are cached on `bits`, and greedy decoding (beam_size=1) keeps it cheap. Every
+  process decodes the whole subset, so all of them return the same numbers.
+  """
+  scores, _ = score_pairs(bits, params, split_examples(bits, split, limit),
+                          beam_size=beam_size, alpha=alpha, batch_size=batch_size)
+  cache = _parts(bits)[4]
+  if not cache.get("logged_signature"):
+    logging.info("BLEU on %s: %s; chrF: %s", split, scores["bleu_signature"],
+                 scores["chrf_signature"])
+    cache["logged_signature"] = True
+  return {"bleu": scores["bleu"], "chrf": scores["chrf"], "bleu_lines": float(scores["lines"])}
+
+
+# Perplexity.
+
+def _nll_sums(model: Any, label_smoothing: float):
+  def sums(params, inputs, targets, valid):
+    weights = (targets != model.config.pad_id).astype(jnp.float32) * valid[:, None]
+    logits = model.apply({"params": params}, inputs, targets, deterministic=True)
+    return losses.batch_metric_sums(logits, targets, weights, weights.astype(jnp.int32),
+                                    label_smoothing)
+  return jax.jit(sums)
+
+
+def perplexity(bits: Any, params: Any, pairs: Sequence[tuple[str, str]], *,
+               batch_size: int = 64) -> dict[str, float]:
+  """Teacher-forced loss, nll, perplexity (exp of the unsmoothed per-token nll), accuracy
+  and token count of (source, reference) pairs; over-long pairs are truncated to max_len."""
+  model, tokenizer, _, label_smoothing, cache, _ = _parts(bits)
+  params = device_params(bits, params)
+  sources = encode_sources(bits, [s for s, _ in pairs], truncate=True)
+  targets = encode_sources(bits, [t for _, t in pairs], truncate=True)
+  fn = cache.setdefault(("nll", label_smoothing), _nll_sums(model, label_smoothing))
+  order = sorted(range(len(pairs)), key=lambda i: -len(targets[i]))
+  total: dict[str, float] = {}
+  for start in range(0, len(order), batch_size):
+    rows = order[start:start + batch_size]
+    width = {k: 8 * math.ceil(max(len(x[i]) for i in rows) / 8)
+             for k, x in (("inputs", sources), ("targets", targets))}
+    arrays = {k: np.zeros((batch_size, w), np.int32) for k, w in width.items()}
+    # The last batch is filled with copies of its first row (an all-padding source is not a
+    # sentence the model can attend over), weighted 0.
+    for r, i in enumerate(rows + [rows[0]] * (batch_size - len(rows))):
+      arrays["inputs"][r, :len(sources[i])] = sources[i]
+      arrays["targets"][r, :len(targets[i])] = targets[i]
+    valid = (np.arange(batch_size) < len(rows)).astype(np.float32)
+    sums = fn(params, arrays["inputs"], arrays["targets"], valid)
+    for k, v in sums.items():
+      total[k] = total.get(k, 0.0) + float(v)
+  assert total.get("sequence_count", 0) == len(pairs), (total.get("sequence_count"), len(pairs))
+  return losses.summarize(total)
