@@ -158,12 +158,17 @@ def _snapshot(path):
     ({"model.hidden": 3}, "unknown TransformerConfig field(s): hidden"),
     ({"parallel.backend": "pjit"}, "parallel.backend='pjit' is not one of pmap, shard_map"),
     ({"optim.schedule": "noam"}, "schedule='noam' is not one of"),
+    ({"data.dataset": "no_such_dataset"}, "data.dataset='no_such_dataset': Dataset no_such"),
     ({"model.d_model": 64}, "holds a run with an incompatible config (model.d_model: 32 -> 64)"),
 ])
 def test_bad_config_fails_fast_and_leaves_the_workdir_alone(reference, data_dir, tmp_path,
                                                            overrides, message):
   workdir = str(tmp_path / "run")
-  shutil.copytree(reference, workdir)
+  if "data.dataset" in overrides:  # a different dataset is first of all a different run
+    os.makedirs(workdir)
+    open(os.path.join(workdir, "notes.txt"), "w").write("keep me")
+  else:
+    shutil.copytree(reference, workdir)
   before = _snapshot(workdir)
   config = fx.loop_config(data_dir)
   if "learning_rate" in overrides:  # a key the config does not have (CLI: lock_config)

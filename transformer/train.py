@@ -137,7 +137,11 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   settings.check_workdir(workdir, identity)
   local_batch = cfg.batch_size // jax.process_count()
 
-  tokenizer = data.build_tokenizer(data_cfg)
+  try:  # e.g. an unknown dataset name or a missing data path: still before any writing
+    tokenizer = data.build_tokenizer(data_cfg)
+  except ValueError as e:
+    raise settings.ConfigError(f"data.dataset={data_cfg.dataset!r}: "
+                               f"{str(e).splitlines()[0]}") from e
   model_cfg = settings.model_config(cfg, tokenizer.vocab_size)
   model = Transformer(model_cfg)
   tx, schedule = optim.make_optimizer(optim_cfg, model_cfg.d_model, cfg.num_train_steps)
