@@ -56,7 +56,6 @@ def test_one_and_four_devices_agree_on_the_same_global_batch():
   one = fx.run_fixed_steps("shard_map", 4, devices=jax.devices()[:1])
   four = fx.run_fixed_steps("shard_map", 4)
   np.testing.assert_allclose(one, four, rtol=2e-5)
-  assert one != fx.run_fixed_steps("shard_map", 4, devices=jax.devices()[:1], dropout_rate=0.3)
 
 
 def test_dropout_keys_differ_across_devices_and_steps():
