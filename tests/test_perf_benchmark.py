@@ -59,6 +59,17 @@ def test_bad_benchmark_config_is_one_line_error():
     benchmark_base.get_config("huge")
 
 
+@pytest.mark.parametrize("variant", ["base", "scan", "big", "tiny"])
+def test_every_variant_resolves(variant):
+  raw, options = benchmark.split_config(benchmark_base.get_config(variant))
+  cfg, _, _, _ = settings.resolve(raw)
+  model_cfg = settings.model_config(cfg, raw["model"]["vocab_size"])
+  assert model_cfg.max_len >= max(options["source_length"], options["target_length"])
+  if variant == "big":
+    assert (model_cfg.dtype, model_cfg.param_dtype) == ("bfloat16", "float32")
+    assert model_cfg.attention_implementation == "cudnn" and options["target_length"] == 256
+
+
 def test_cli_rejects_a_bad_value_before_compiling():
   result = subprocess.run(
       [sys.executable, "-m", "experiments.benchmark",

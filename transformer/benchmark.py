@@ -47,6 +47,7 @@ class Figures:
   source_length: int
   target_length: int
   compile_s: float
+  compile_cpu_s: float           # this process's CPU time while compiling
   step_times_s: list[float]
   model_flops_per_step: int
   ceiling_flops: float          # FLOP/s the MFU is measured against
@@ -139,10 +140,22 @@ def peak_memory(devices: list[jax.Device]) -> tuple[int, str]:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process max RSS"
 
 
-def run(config: Any, steps: int, log=print) -> Figures:
-  """Compiles and times `steps` training steps of the configured model; returns the figures."""
-  if steps < 1:
-    raise settings.ConfigError(f"steps={steps} must be >= 1")
+@dataclasses.dataclass
+class Setup:
+  """The mapped training step and its first inputs, as the training loop would build them."""
+  model_cfg: Any
+  dp: parallel.DataParallel
+  train_step: Any       # (state, batch, rng) -> (state, metrics), not yet compiled
+  state: Any
+  batch: dict
+  rng: np.ndarray
+  parameters: int
+  batch_size: int
+  options: dict
+
+
+def prepare(config: Any) -> Setup:
+  """Builds the training step of `config` on a synthetic batch; raises ConfigError."""
   raw, opts = split_config(config)
   cfg, _, optim_cfg, backend = settings.resolve(raw)
   model_cfg = settings.model_config(cfg, raw["model"]["vocab_size"])
@@ -151,12 +164,10 @@ def run(config: Any, steps: int, log=print) -> Figures:
   lr_fn = lambda s: optim.learning_rate_at(schedule, optim_cfg, s)  # noqa: E731
   dp = parallel.DataParallel(backend)
   train_step = dp.map_train_step(step_lib.make_train_step(model, tx, lr_fn, cfg.label_smoothing))
-
   src, tgt = opts["source_length"], opts["target_length"]
   host_batch = synthetic_batch(np.random.default_rng(cfg.seed), cfg.batch_size, src, tgt,
                                model_cfg.output_vocab_size, model_cfg.decoder_only)
   init_key, dropout_key = jax.random.split(jax.random.key(cfg.seed))
-
   first_inputs = None if model_cfg.decoder_only else jnp.ones((1, src), jnp.int32)
 
   def init_state():
@@ -164,26 +175,45 @@ def run(config: Any, steps: int, log=print) -> Figures:
     return step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                opt_state=tx.init(params))
 
-  state = dp.put_replicated(jax.jit(init_state)())
   n_params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(init_state).params))
-  batch = dp.put_batch(host_batch)
-  rng = np.asarray(jax.random.key_data(dropout_key))
-  log(f"model {model_cfg}\n{n_params:,} parameters; batch {cfg.batch_size} x (source {src} + "
-      f"target {tgt}); {dp.num_devices} x {jax.devices()[0].device_kind} ({backend})")
+  return Setup(model_cfg=model_cfg, dp=dp, train_step=train_step,
+               state=dp.put_replicated(jax.jit(init_state)()), batch=dp.put_batch(host_batch),
+               rng=np.asarray(jax.random.key_data(dropout_key)), parameters=int(n_params),
+               batch_size=cfg.batch_size, options=opts)
 
-  start = time.perf_counter()
-  compiled = train_step.lower(state, batch, rng).compile()
-  compile_s = time.perf_counter() - start
 
+def compile_step(setup: Setup) -> tuple[Any, float, float]:
+  """(compiled step, wall seconds, this process's CPU seconds) of trace + lower + compile.
+
+  The CPU seconds say how much of the wall time was the compiler's own work when
+  other processes share the cores.
+  """
+  wall, cpu = time.perf_counter(), time.process_time()
+  compiled = setup.train_step.lower(setup.state, setup.batch, setup.rng).compile()
+  return compiled, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def run(config: Any, steps: int, log=print) -> Figures:
+  """Compiles and times `steps` training steps of the configured model; returns the figures."""
+  if steps < 1:
+    raise settings.ConfigError(f"steps={steps} must be >= 1")
+  setup = prepare(config)
+  opts, dp, model_cfg = setup.options, setup.dp, setup.model_cfg
+  src, tgt = opts["source_length"], opts["target_length"]
   device = dp.mesh.devices.flat[0]
+  log(f"model {model_cfg}\n{setup.parameters:,} parameters; batch {setup.batch_size} x (source "
+      f"{src} + target {tgt}); {dp.num_devices} x {device.device_kind} ({dp.backend})")
+  compiled, compile_s, compile_cpu_s = compile_step(setup)
+
   peak = gpu_peak(device) if device.platform == "gpu" else None
   # CPU: float32 ceiling, half the repeats before and half after the steps (same load).
   mm_dtype = jnp.bfloat16 if peak else jnp.float32
   size, reps = opts["matmul_size"], opts["matmul_repeats"]
   rates = matmul_rate(size, mm_dtype, (reps + 1) // 2, device)
+  state, batch, rng = setup.state, setup.batch, setup.rng
   for _ in range(opts["warmup_steps"]):
     state, metrics = compiled(state, batch, rng)
-  jax.block_until_ready((state, metrics))
+  jax.block_until_ready(state)
   times = []
   for _ in range(steps):
     start = time.perf_counter()
@@ -198,10 +228,10 @@ def run(config: Any, steps: int, log=print) -> Figures:
   else:
     ceiling, ceiling_kind = measured, f"measured {np.dtype(mm_dtype).name} {size}^3 matmul"
   return Figures(
-      device=device.device_kind, num_devices=dp.num_devices, parameters=int(n_params),
-      batch=cfg.batch_size, source_length=0 if model_cfg.decoder_only else src,
-      target_length=tgt, compile_s=compile_s, step_times_s=times,
-      model_flops_per_step=flops.step_flops(model_cfg, cfg.batch_size, src, tgt).train,
+      device=device.device_kind, num_devices=dp.num_devices, parameters=setup.parameters,
+      batch=setup.batch_size, source_length=0 if model_cfg.decoder_only else src,
+      target_length=tgt, compile_s=compile_s, compile_cpu_s=compile_cpu_s, step_times_s=times,
+      model_flops_per_step=flops.step_flops(model_cfg, setup.batch_size, src, tgt).train,
       ceiling_flops=ceiling, ceiling_kind=ceiling_kind, matmul_flops=measured,
       peak_memory_bytes=int(mem), peak_memory_kind=mem_kind)
 
@@ -211,7 +241,8 @@ def report(f: Figures) -> str:
   t = sorted(f.step_times_s)
   q1, q3 = (np.percentile(t, [25, 75]) if len(t) > 1 else (t[0], t[0]))
   lines = [
-      ("compile time", f"{f.compile_s:.2f} s (trace + lower + XLA compile)"),
+      ("compile time", f"{f.compile_s:.2f} s (trace + lower + XLA compile; "
+                       f"{f.compile_cpu_s:.2f} s CPU time of this process)"),
       ("median step time", f"{f.median_step_s * 1e3:.1f} ms over {len(t)} steps "
                            f"(min {t[0] * 1e3:.1f}, IQR {q1 * 1e3:.1f}-{q3 * 1e3:.1f}, "
                            f"max {t[-1] * 1e3:.1f})"),
