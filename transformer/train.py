@@ -207,7 +207,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         step += 1
         final = step == cfg.num_train_steps
         save = final or step % cfg.checkpoint_every_steps == 0
-        boundary = save or step % cfg.log_every_steps == 0
+        evaluate_now = final or step % cfg.eval_every_steps == 0
+        boundary = save or evaluate_now or step % cfg.log_every_steps == 0
         # One process polls its flag every step; several agree at logging boundaries only,
         # where they synchronise anyway.
         stop = preemption.requested if jax.process_count() == 1 else (
@@ -228,7 +229,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         rates = progress.update(step, tokens, summary)
         writer.write(step, "perf", rates)
         pending, tokens = [], 0.0
-        if step % cfg.eval_every_steps == 0 or final:
+        if evaluate_now:
           writer.write(step, "eval", evaluate(run, state.params, data_cfg.eval_split,
                                               cfg.num_eval_batches))
           if cfg.attention_diagnostics:
