@@ -7,9 +7,10 @@ tokenized BLEU; sacreBLEU's detokenized 13a BLEU is the comparable modern figure
 
 Every function takes `bits`: a loaded run (`inference.Run`) or the `run` dict that
 `transformer.train.train_and_evaluate` builds, whose params may still be in the training
-layout (replicated over devices); compiled decoders are cached on it between calls.
-Translation is batched, longest-first sorting aside, and returns one output per input in
-input order; output length is capped at the source length + 50 (§6.1) and model.max_len.
+layout (replicated over devices); a split's raw text is cached on it, and compiled
+decoders are cached per model config for the whole process. Translation is batched
+(sorted by length) and returns one output per input, in input order; output length is
+capped at the source length + 50 (§6.1) and at model.max_len.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from absl import logging
 from sacrebleu.metrics import BLEU, CHRF
 
 from transformer import data, decoding, losses
+from transformer.config import TransformerConfig
+from transformer.model import Transformer
 
 EXTRA_OUTPUT_TOKENS = 50  # §6.1: maximum output length = input length + 50
 
@@ -45,7 +48,7 @@ def _parts(bits: Any) -> tuple[Any, Any, data.DataConfig, float, dict, Any]:
 
 def device_params(bits: Any, params: Any) -> Any:
   """One device's copy of params in any layout: host, one device, pmap-stacked, replicated."""
-  dp = _parts(bits)[5]
+  dp = bits.get("dp") if isinstance(bits, Mapping) else None
 
   def one(x):
     if not isinstance(x, jax.Array) or len(x.sharding.device_set) == 1:
@@ -103,17 +106,15 @@ def encode_sources(bits: Any, texts: Sequence[str], *, truncate: bool = False
   return out
 
 
-def _decoder(bits: Any, batch: int, width: int, max_length: int, beam_size: int, alpha: float):
-  model, cache = _parts(bits)[0], _parts(bits)[4]
-  key = ("decode", batch, width, max_length, beam_size, alpha)
-  if key not in cache:
-    if beam_size == 1:
-      fn = functools.partial(decoding.greedy_decode, model, max_length=max_length)
-    else:
-      fn = lambda p, x: decoding.beam_decode(  # noqa: E731
-          model, p, x, beam_size=beam_size, alpha=alpha, max_length=max_length)[0][:, 0]
-    cache[key] = jax.jit(fn)
-  return cache[key]
+@functools.lru_cache(maxsize=64)
+def _decoder(model_cfg: TransformerConfig, max_length: int, beam_size: int, alpha: float):
+  """A jitted decoder shared by every caller with this model config: params are an argument,
+  so periodic evaluation and the tools compile each input shape once per process."""
+  model = Transformer(model_cfg)
+  if beam_size == 1:
+    return jax.jit(functools.partial(decoding.greedy_decode, model, max_length=max_length))
+  return jax.jit(lambda p, x: decoding.beam_decode(
+      model, p, x, beam_size=beam_size, alpha=alpha, max_length=max_length)[0][:, 0])
 
 
 def translate_ids(bits: Any, params: Any, sources: Sequence[np.ndarray], *, beam_size: int = 1,
@@ -124,7 +125,8 @@ def translate_ids(bits: Any, params: Any, sources: Sequence[np.ndarray], *, beam
   [batch_size, width] with width rounded up to a multiple of 8 (few compilations), and
   the last batch is filled with copies of its first row, whose outputs are dropped.
   Greedy outputs are cut at each row's own source length + 50, which equals decoding the
-  row alone (greedy rows are independent); beam search uses the batch's limit.
+  row alone (greedy rows are independent); beam search keeps the batch's limit, width + 50
+  (cutting a beam hypothesis would truncate a sentence the search ranked as finished).
   """
   if beam_size < 1 or batch_size < 1:
     raise ValueError(f"beam_size={beam_size} and batch_size={batch_size} must be >= 1")
@@ -143,10 +145,10 @@ def translate_ids(bits: Any, params: Any, sources: Sequence[np.ndarray], *, beam
     inputs = np.zeros((batch_size, width), np.int32)
     for r, i in enumerate(rows + [rows[0]] * (batch_size - len(rows))):
       inputs[r, :len(sources[i])] = sources[i]
-    out = np.asarray(_decoder(bits, batch_size, width, max_length, beam_size, alpha)(
+    out = np.asarray(_decoder(cfg, max_length, beam_size, float(alpha))(
         params, jnp.asarray(inputs)))
     for r, i in enumerate(rows):
-      seq = out[r][:len(sources[i]) + EXTRA_OUTPUT_TOKENS]
+      seq = out[r][:len(sources[i]) + EXTRA_OUTPUT_TOKENS] if beam_size == 1 else out[r]
       ends = np.flatnonzero(seq == cfg.eos_id)
       results[i] = seq[:ends[0]] if len(ends) else seq
   missing = [i for i, r in enumerate(results) if r is None]
@@ -191,8 +193,8 @@ def bleu_on_split(bits: Any, params: Any, split: str, *, limit: int = 0, beam_si
                   alpha: float = 0.6, batch_size: int = 64) -> dict[str, float]:
   """{'bleu', 'chrf', 'bleu_lines'} on the first `limit` examples of a split (0: all).
 
-  For periodic evaluation in training: the subset is fixed, its raw text and the compiled
-  decoders are cached on `bits`, and greedy decoding (beam_size=1) keeps it cheap. Every
+  For periodic evaluation in training: the subset is fixed, its raw text is cached on
+  `bits` and the decoders compile once per process, and greedy decoding (beam_size=1) keeps it cheap. Every
   process decodes the whole subset, so all of them return the same numbers.
   """
   scores, _ = score_pairs(bits, params, split_examples(bits, split, limit),
@@ -207,9 +209,12 @@ def bleu_on_split(bits: Any, params: Any, split: str, *, limit: int = 0, beam_si
 
 # Perplexity.
 
-def _nll_sums(model: Any, label_smoothing: float):
+@functools.lru_cache(maxsize=16)
+def _nll_sums(model_cfg: TransformerConfig, label_smoothing: float):
+  model = Transformer(model_cfg)
+
   def sums(params, inputs, targets, valid):
-    weights = (targets != model.config.pad_id).astype(jnp.float32) * valid[:, None]
+    weights = (targets != model_cfg.pad_id).astype(jnp.float32) * valid[:, None]
     logits = model.apply({"params": params}, inputs, targets, deterministic=True)
     return losses.batch_metric_sums(logits, targets, weights, weights.astype(jnp.int32),
                                     label_smoothing)
@@ -224,7 +229,7 @@ def perplexity(bits: Any, params: Any, pairs: Sequence[tuple[str, str]], *,
   params = device_params(bits, params)
   sources = encode_sources(bits, [s for s, _ in pairs], truncate=True)
   targets = encode_sources(bits, [t for _, t in pairs], truncate=True)
-  fn = cache.setdefault(("nll", label_smoothing), _nll_sums(model, label_smoothing))
+  fn = _nll_sums(model.config, float(label_smoothing))
   order = sorted(range(len(pairs)), key=lambda i: -len(targets[i]))
   total: dict[str, float] = {}
   for start in range(0, len(order), batch_size):
