@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from transformer import evaluation
+from transformer import data, evaluation
 from transformer.data import DataConfig
 from transformer.data.tokenizers import SentencePieceTokenizer
 from transformer.data.vocabularies import train_sentencepiece
@@ -67,3 +67,33 @@ def test_scores_are_on_detokenized_hypotheses_and_raw_references(monkeypatch):
   assert scores["bleu"] == pytest.approx(100.0) and scores["chrf"] == pytest.approx(100.0)
   pieces = [" ".join(tokenizer._sp.encode(r, out_type=str)) for r in REFERENCES]
   assert sacrebleu.corpus_bleu(pieces, [REFERENCES]).score < 10.0
+
+
+def test_split_references_are_the_raw_text_not_rebuilt_from_ids(tmp_path, monkeypatch):
+  """A parallel_text split whose reference holds a character the vocabulary lacks: ids
+  cannot rebuild it, so an oracle that outputs the reference's ids scores below 100
+  against the raw text (which sacreBLEU must see), but 100 against rebuilt references."""
+  train_en = ["a man rides", "two dogs play", "a woman reads", "children run"] * 10
+  train_de = ["Ein Mann fährt.", "Zwei Hunde spielen.", "Eine Frau liest.", "Kinder laufen."] * 10
+  test_en, test_de = ["a man rides", "two dogs play"], ["Ein Mann fährt.", "Zwei Hunde spielen ½."]
+  for stem, en, de in (("train", train_en, train_de), ("val", test_en, test_de),
+                       ("test", test_en, test_de)):
+    (tmp_path / f"{stem}.en").write_text("\n".join(en) + "\n")
+    (tmp_path / f"{stem}.de").write_text("\n".join(de) + "\n")
+  cfg = DataConfig(dataset="parallel_text", path=str(tmp_path), data_dir=str(tmp_path / "tfds"),
+                   vocab_size=40, spm_byte_fallback=False)
+  tokenizer = data.build_tokenizer(cfg)
+  bits = types.SimpleNamespace(
+      model=types.SimpleNamespace(config=types.SimpleNamespace(max_len=128)),
+      tokenizer=tokenizer, data_cfg=cfg, settings=types.SimpleNamespace(label_smoothing=0.1),
+      cache={})
+  assert evaluation.split_examples(bits, "test") == list(zip(test_en, test_de))
+  oracle = {tuple(tokenizer.encode(s) + [2]): tokenizer.encode(t) for s, t in zip(test_en, test_de)}
+  monkeypatch.setattr(evaluation, "translate_ids", lambda bits, params, source_ids, **kw: [
+      np.asarray(oracle[tuple(ids.tolist())]) for ids in source_ids])
+  rebuilt = [tokenizer.decode(tokenizer.encode(t)) for t in test_de]
+  assert rebuilt[0] == test_de[0] and rebuilt[1] != test_de[1]  # '½' is not in the vocabulary
+  got = evaluation.bleu_on_split(bits, None, "test")
+  assert got["bleu_lines"] == 2.0
+  assert got["bleu"] == sacrebleu.corpus_bleu(rebuilt, [test_de]).score < 99.0
+  assert sacrebleu.corpus_bleu(rebuilt, [rebuilt]).score == pytest.approx(100.0)
