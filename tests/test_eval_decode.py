@@ -97,10 +97,17 @@ def test_over_long_line_is_named_with_its_length_and_the_limit(bits):
 
 
 @pytest.mark.parametrize("backend", ["pmap", "shard_map"])
-def test_params_in_training_layout_give_the_same_translations(bits, backend):
+def test_params_in_training_layout_are_one_copy_of_the_params(bits, backend):
   dp = parallel.DataParallel(backend)
   placed = dp.put_replicated(bits.params)
-  one = evaluation.device_params({"dp": dp}, placed)
-  for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(bits.params)):
-    assert a.shape == b.shape
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  if backend == "pmap":  # the layout after a pmapped step (its sharding differs from placed's)
+    placed = jax.pmap(lambda p: p, axis_name="batch")(placed)
+    assert jax.tree.leaves(placed)[0].shape[0] == 4
+  loop_run = {"model": bits.model, "dp": dp}
+  for layout in (placed, bits.params, jax.tree.map(np.asarray, bits.params)):
+    one = evaluation.device_params(loop_run, layout)
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(bits.params)):
+      assert a.shape == b.shape
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(ValueError, match="params have 1 arrays; the model has"):
+    evaluation.device_params(loop_run, {"x": np.zeros(3)})

@@ -46,17 +46,33 @@ def _parts(bits: Any) -> tuple[Any, Any, data.DataConfig, float, dict, Any]:
   return bits.model, bits.tokenizer, bits.data_cfg, bits.settings.label_smoothing, bits.cache, None
 
 
-def device_params(bits: Any, params: Any) -> Any:
-  """One device's copy of params in any layout: host, one device, pmap-stacked, replicated."""
-  dp = bits.get("dp") if isinstance(bits, Mapping) else None
+@functools.lru_cache(maxsize=16)
+def _param_shapes(model_cfg: TransformerConfig) -> list[tuple[int, ...]]:
+  ids = jnp.ones((1, 8), jnp.int32)
+  abstract = jax.eval_shape(Transformer(model_cfg).init, jax.random.key(0),
+                            None if model_cfg.decoder_only else ids, ids)["params"]
+  return [x.shape for x in jax.tree.leaves(abstract)]
 
-  def one(x):
-    if not isinstance(x, jax.Array) or len(x.sharding.device_set) == 1:
-      return x
-    shard = x.addressable_shards[0].data
-    stacked = dp is not None and dp.backend == "pmap" and x.sharding == dp.local_stacked
-    return shard[0] if stacked else shard
-  return jax.tree.map(one, params)
+
+def device_params(bits: Any, params: Any) -> Any:
+  """One copy of params from any layout: host, one device, replicated over a mesh, or
+  pmap-stacked (a leading device axis, what train.py's state holds under pmap). The layout
+  is told by comparing shapes with the model's, as shardings differ before and after a step."""
+  model = bits["model"] if isinstance(bits, Mapping) else bits.model
+  expected = _param_shapes(model.config)
+  leaves, treedef = jax.tree.flatten(params)
+  if len(leaves) != len(expected):
+    raise ValueError(f"params have {len(leaves)} arrays; the model has {len(expected)}")
+  out = []
+  for x, want in zip(leaves, expected):
+    if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1:
+      x = x.addressable_shards[0].data  # a local copy (stacked: this device's row)
+    if tuple(x.shape) != want:
+      if tuple(x.shape[1:]) != want:
+        raise ValueError(f"a params array has shape {tuple(x.shape)}; the model's is {want}")
+      x = x[0]
+    out.append(x)
+  return jax.tree.unflatten(treedef, out)
 
 
 # Scores.
