@@ -42,7 +42,8 @@ def test_harness_runs_two_steps_and_its_figures_agree():
   assert figures.mfu == pytest.approx(figures.achieved_flops / figures.ceiling_flops)
   # On CPU the ceiling is the matmul rate measured in the same process.
   assert figures.ceiling_flops == figures.matmul_flops
-  for label in ("compile time", "peak memory"):
+  assert len(figures.step_cpu_s) == 2 and figures.cpu_time_mfu > 0
+  for label in ("compile time", "peak memory", "CPU-time MFU"):
     assert _number(text, label) > 0
 
 

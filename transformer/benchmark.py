@@ -8,8 +8,8 @@ ids of the configured shapes, with no padding, so every position is a real token
 MFU (model FLOPs utilisation) = model FLOPs per step (`transformer.flops`) / step
 time / ceiling, where the ceiling is
   CPU: the dense float32 matmul rate this process measures itself (a large jitted
-       matmul, median of repeats, half before and half after the step timing, so
-       that both see the same machine load);
+       matmul, median of repeats sampled between the timed steps, so that both see
+       the same machine load);
   GPU: the device's published dense bf16 peak, times the number of devices.
 """
 
@@ -49,10 +49,12 @@ class Figures:
   compile_s: float
   compile_cpu_s: float           # this process's CPU time while compiling
   step_times_s: list[float]
+  step_cpu_s: list[float]       # this process's CPU seconds per step (all threads)
   model_flops_per_step: int
   ceiling_flops: float          # FLOP/s the MFU is measured against
   ceiling_kind: str             # 'measured float32 matmul' or 'published bf16 peak'
   matmul_flops: float           # the measured matmul rate (also on GPU, for reference)
+  matmul_cpu_flops: float       # the same per CPU second of this process
   peak_memory_bytes: int
   peak_memory_kind: str
 
@@ -75,6 +77,13 @@ class Figures:
   @property
   def mfu(self) -> float:
     return self.achieved_flops / self.ceiling_flops
+
+  @property
+  def cpu_time_mfu(self) -> float:
+    """Model FLOPs per CPU second of the step over the matmul's, which time slicing by
+    other processes on shared cores does not change. Idle cores inside the step do not
+    count against it, so it is an upper bound on the wall-clock MFU of an idle machine."""
+    return self.model_flops_per_step / statistics.median(self.step_cpu_s) / self.matmul_cpu_flops
 
 
 def split_config(config: Any) -> tuple[Any, dict[str, Any]]:
@@ -103,14 +112,15 @@ def synthetic_batch(rng: np.random.Generator, batch: int, source_length: int,
   return out
 
 
-def _timed(fn, *args) -> float:
-  start = time.perf_counter()
+def _timed(fn, *args) -> tuple[float, float]:
+  """(wall seconds, this process's CPU seconds) of fn(*args), waited for."""
+  wall, cpu = time.perf_counter(), time.process_time()
   jax.block_until_ready(fn(*args))
-  return time.perf_counter() - start
+  return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def matmul_rate(size: int, dtype: Any, repeats: int, device: jax.Device | None = None) -> list[float]:
-  """FLOP/s of repeated jitted [size, size] x [size, size] matmuls (2 size^3 FLOPs each)."""
+def matmul_fn(size: int, dtype: Any, device: jax.Device | None = None):
+  """() -> (FLOPs, wall s, CPU s) of one jitted chain of [size, size] x [size, size] matmuls."""
   keys = jax.random.split(jax.random.key(0))
   a, b = (jax.device_put(jax.random.normal(k, (size, size), dtype), device) for k in keys)
   # Chained a@b@...: several matmuls per dispatch so the dispatch overhead stays negligible.
@@ -121,7 +131,7 @@ def matmul_rate(size: int, dtype: Any, repeats: int, device: jax.Device | None =
     return x
   matmul = jax.jit(f).lower(a, b).compile()
   _timed(matmul, a, b)  # warm-up
-  return [chain * 2 * size ** 3 / _timed(matmul, a, b) for _ in range(repeats)]
+  return lambda: (chain * 2 * size ** 3,) + _timed(matmul, a, b)
 
 
 def gpu_peak(device: jax.Device) -> float | None:
@@ -206,31 +216,38 @@ def run(config: Any, steps: int, log=print) -> Figures:
   compiled, compile_s, compile_cpu_s = compile_step(setup)
 
   peak = gpu_peak(device) if device.platform == "gpu" else None
-  # CPU: float32 ceiling, half the repeats before and half after the steps (same load).
+  # The matmul ceiling is sampled between the timed steps, so that both see the same
+  # machine load (the cores may be shared); CPU: float32, GPU: bf16 (for reference).
   mm_dtype = jnp.bfloat16 if peak else jnp.float32
-  size, reps = opts["matmul_size"], opts["matmul_repeats"]
-  rates = matmul_rate(size, mm_dtype, (reps + 1) // 2, device)
+  matmul = matmul_fn(opts["matmul_size"], mm_dtype, device)
   state, batch, rng = setup.state, setup.batch, setup.rng
   for _ in range(opts["warmup_steps"]):
     state, metrics = compiled(state, batch, rng)
   jax.block_until_ready(state)
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    state, metrics = compiled(state, batch, rng)
-    jax.block_until_ready((state, metrics))
-    times.append(time.perf_counter() - start)
-  rates += matmul_rate(size, mm_dtype, reps // 2, device)
+  times, cpu_times, rates, cpu_rates = [], [], [], []
+  for i in range(max(steps, opts["matmul_repeats"])):
+    if i < steps:
+      wall, cpu = time.perf_counter(), time.process_time()
+      state, metrics = compiled(state, batch, rng)
+      jax.block_until_ready((state, metrics))
+      times.append(time.perf_counter() - wall)
+      cpu_times.append(time.process_time() - cpu)
+    if i < opts["matmul_repeats"]:
+      flop, wall, cpu = matmul()
+      rates.append(flop / wall)
+      cpu_rates.append(flop / cpu)
   measured = statistics.median(rates)
   mem, mem_kind = peak_memory(list(dp.mesh.devices.flat))
   if peak:
     ceiling, ceiling_kind = peak * dp.num_devices, f"published bf16 peak x {dp.num_devices}"
   else:
-    ceiling, ceiling_kind = measured, f"measured {np.dtype(mm_dtype).name} {size}^3 matmul"
+    ceiling = measured
+    ceiling_kind = f"measured {np.dtype(mm_dtype).name} {opts['matmul_size']}^3 matmul"
   return Figures(
       device=device.device_kind, num_devices=dp.num_devices, parameters=setup.parameters,
       batch=setup.batch_size, source_length=0 if model_cfg.decoder_only else src,
       target_length=tgt, compile_s=compile_s, compile_cpu_s=compile_cpu_s, step_times_s=times,
+      step_cpu_s=cpu_times, matmul_cpu_flops=statistics.median(cpu_rates),
       model_flops_per_step=flops.step_flops(model_cfg, setup.batch_size, src, tgt).train,
       ceiling_flops=ceiling, ceiling_kind=ceiling_kind, matmul_flops=measured,
       peak_memory_bytes=int(mem), peak_memory_kind=mem_kind)
@@ -253,6 +270,9 @@ def report(f: Figures) -> str:
       ("ceiling", f"{f.ceiling_flops / 1e9:.2f} GFLOP/s ({f.ceiling_kind}); measured matmul "
                   f"{f.matmul_flops / 1e9:.2f} GFLOP/s"),
       ("MFU", f"{100 * f.mfu:.1f}%"),
+      ("CPU-time MFU", f"{100 * f.cpu_time_mfu:.1f}% (per CPU second of this process: "
+                       f"step {statistics.median(f.step_cpu_s):.2f} s, matmul "
+                       f"{f.matmul_cpu_flops / 1e9:.2f} GFLOP/CPU-s)"),
       ("peak memory", f"{f.peak_memory_bytes / 2**20:,.0f} MiB ({f.peak_memory_kind})"),
   ]
   return "\n".join(f"{name:>17s}: {value}" for name, value in lines)

@@ -45,7 +45,7 @@ def get_config(variant: str = "base") -> ml_collections.ConfigDict:
       target_length=64,
       warmup_steps=2,                  # untimed steps after compilation
       matmul_size=2048,                # the ceiling's square matmul (CPU: float32)
-      matmul_repeats=10))              # median of these; half before, half after the steps
+      matmul_repeats=10))              # median of these, sampled between the timed steps
 
   if variant == "scan":
     config.model.scan_layers = True
