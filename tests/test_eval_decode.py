@@ -70,7 +70,8 @@ def test_beam_batched_equals_alone(bits):
 
 def test_perplexity_equals_numpy_reference_with_partial_batch(bits):
   text = lambda ids: " ".join(map(str, ids[:-1]))  # noqa: E731
-  sources, targets = _sources([5, 9, 5, 9, 5], seed=2), _sources([6, 11, 6, 11, 6], seed=3)
+  # Rows are padded to width 8 and the second batch is partial: neither may change a number.
+  sources, targets = _sources([5, 5, 5], seed=2), _sources([6, 6, 6], seed=3)
   pairs = [(text(s), text(t)) for s, t in zip(sources, targets)]
   got = evaluation.perplexity(bits, bits.params, pairs, batch_size=2)
   forward = jax.jit(lambda p, s, t: bits.model.apply({"params": p}, s, t))

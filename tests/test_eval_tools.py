@@ -128,7 +128,7 @@ def test_translate_bad_input_messages(workdir, tmp_path):
       f"--input file '{tmp_path / 'nope.txt'}' does not exist")
   (tmp_path / "empty.txt").write_text("")
   assert message(input_path=str(tmp_path / "empty.txt")) == (
-      f"the input is empty: {tmp_path / 'empty.txt'} has no lines to translate")
+      f"the input is empty: no lines to translate in {tmp_path / 'empty.txt'}")
   assert message(stdin=io.StringIO("\n \n")) == "the input is empty: no lines to translate on stdin"
   assert message(stdin=io.StringIO("4 5"), beam_size=0) == (
       "--beam_size=0 must be >= 1 (1 is greedy decoding)")

@@ -37,22 +37,28 @@ def quiet_logs() -> None:
   logging.get_absl_handler().addFilter(_Chatter())
 
 
+def _lines(text: str) -> list[str]:
+  lines = [line.removesuffix("\r") for line in text.split("\n")]
+  return lines[:-1] if lines and lines[-1] == "" else lines
+
+
 def read_input(path: str | None, stdin: IO[str]) -> list[str]:
-  """Lines of --input (plain or .gz) or of stdin, without line endings; never empty."""
-  if path:
-    if not os.path.isfile(path):
-      raise UsageError(f"--input file {path!r} does not exist")
+  """Lines of --input (plain or .gz, or a pipe such as <(...)) or of stdin, without line
+  endings; raises UsageError when there is none."""
+  if path and not os.path.exists(path):
+    raise UsageError(f"--input file {path!r} does not exist")
+  if path and os.path.isfile(path):
     try:
-      lines = text_files.read_lines(path)
+      lines = text_files.read_lines(path)  # names the line of any invalid UTF-8
     except ValueError as e:
-      if "file is empty" in str(e):
-        raise UsageError(f"the input is empty: {path} has no lines to translate") from None
-      raise
+      if "file is empty" not in str(e):
+        raise
+      lines = []
+  elif path:
+    with open(path, encoding="utf-8") as f:
+      lines = _lines(f.read())
   else:
-    text = stdin.read()
-    lines = [line.removesuffix("\r") for line in text.split("\n")]
-    if lines and lines[-1] == "":
-      lines.pop()
+    lines = _lines(stdin.read())
   if not any(line.strip() for line in lines):
     raise UsageError("the input is empty: no lines to translate"
                      + (f" in {path}" if path else " on stdin"))
