@@ -163,3 +163,13 @@ def test_catalog_translation_through_mock_data(tmp_path, name):
   assert len(source) == 5 and len(examples) == 5
   first = source[0]
   assert examples[0] == (first["en"], first["de"])  # direction en -> de as configured
+
+
+def test_default_synthetic_parameters_do_not_collide_with_registered_configs():
+  """TFDS rejects a custom config named like a registered one ('copy'), even if equal."""
+  from transformer.data.synthetic import SyntheticConfig, SyntheticSeq2seq, synthetic_config
+  defaults = {k: getattr(SyntheticConfig, k) for k in
+              ("vocab_size", "min_length", "max_length", "train_examples", "eval_examples",
+               "seed")}
+  registered = {c.name for c in SyntheticSeq2seq.BUILDER_CONFIGS}
+  assert synthetic_config("copy", **defaults).name not in registered

@@ -34,13 +34,15 @@ class SyntheticConfig(tfds.core.BuilderConfig):
 
 def synthetic_config(task: str, *, vocab_size: int, min_length: int, max_length: int,
                      train_examples: int, eval_examples: int, seed: int) -> SyntheticConfig:
-  """A config named by its task, plus its parameters when they differ from the defaults."""
+  """A config named by its task and all its parameters.
+
+  The parameters are always in the name: a custom config may not reuse the name of a
+  registered one ('copy', ...), which TFDS rejects even when the values are equal.
+  """
   params = dict(vocab_size=vocab_size, min_length=min_length, max_length=max_length,
                 train_examples=train_examples, eval_examples=eval_examples, seed=seed)
-  name = task
-  if params != {k: getattr(SyntheticConfig, k) for k in params}:
-    name = (f"{task}-v{vocab_size}-l{min_length}_{max_length}-n{train_examples}_"
-            f"{eval_examples}-s{seed}")
+  name = (f"{task}-v{vocab_size}-l{min_length}_{max_length}-n{train_examples}_"
+          f"{eval_examples}-s{seed}")
   return SyntheticConfig(name=name, task=task, **params)
 
 
