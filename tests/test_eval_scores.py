@@ -31,7 +31,8 @@ def test_bleu_and_chrf_equal_sacrebleu_called_directly():
   # Golden values pin the sacreBLEU defaults (13a tokenization, exp smoothing, chrF2).
   # 13a splits off the final "."; 23 hypothesis and 25 reference tokens, so BP = e^(1-25/23).
   assert round(scores["bleu"], 2) == 43.32 and round(scores["chrf"], 2) == 72.41
-  assert "87.0/65.0/41.2/21.4 (BP = 0.917 ratio = 0.920 hyp_len = 23 ref_len = 25)" in scores["bleu_text"]
+  assert ("87.0/65.0/41.2/21.4 (BP = 0.917 ratio = 0.920 hyp_len = 23 ref_len = 25)"
+          in scores["bleu_text"])
   assert scores["bleu_signature"] == (
       f"nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:{sacrebleu.__version__}")
   assert scores["chrf_signature"].startswith("nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no")
@@ -75,7 +76,8 @@ def test_split_references_are_the_raw_text_not_rebuilt_from_ids(tmp_path, monkey
   against the raw text (which sacreBLEU must see), but 100 against rebuilt references."""
   train_en = ["a man rides", "two dogs play", "a woman reads", "children run"] * 10
   train_de = ["Ein Mann fährt.", "Zwei Hunde spielen.", "Eine Frau liest.", "Kinder laufen."] * 10
-  test_en, test_de = ["a man rides", "two dogs play"], ["Ein Mann fährt.", "Zwei Hunde spielen ½."]
+  test_en = ["a man rides", "two dogs play"]
+  test_de = ["Ein Mann fährt.", "Zwei Hunde spielen ½."]
   for stem, en, de in (("train", train_en, train_de), ("val", test_en, test_de),
                        ("test", test_en, test_de)):
     (tmp_path / f"{stem}.en").write_text("\n".join(en) + "\n")

@@ -19,6 +19,8 @@ import sacrebleu
 import train_fixtures as fx
 from transformer import averaging, commands, evaluation, inference, parallel, run_records, train
 
+pytestmark = pytest.mark.slow  # end to end: trains a tiny run, runs the tools as commands
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
@@ -164,7 +166,8 @@ def test_evaluate_split_and_files_score_every_line(workdir, run, tmp_path):
   assert result["teacher_forced"]["tokens"] == final["tokens"]
   text = out.getvalue()
   for expected in ("direction: synthetic_seq2seq/copy (inputs -> targets)",
-                   "16 lines; decoding: greedy", "BLEU signature: nrefs:1|case:mixed|eff:no|tok:13a",
+                   "16 lines; decoding: greedy",
+                   "BLEU signature: nrefs:1|case:mixed|eff:no|tok:13a",
                    "chrF signature: nrefs:1|", f"perplexity: {final['perplexity']:.4f}"):
     assert expected in text, text
   # The same pairs as files: the same numbers.

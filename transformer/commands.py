@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging as py_logging
 import os
 import sys
-from collections.abc import Sequence
 from typing import IO, Any
 
 from absl import logging
@@ -171,7 +170,7 @@ def average(workdir: str, last: int, *, overwrite: bool = False,
   return meta
 
 
-def run_tool(fn, *args: Sequence[Any], **kwargs: Any) -> Any:
+def run_tool(fn, *args: Any, **kwargs: Any) -> Any:
   """Runs a command for an entry point: a bad input becomes `error: ...` and exit status 1."""
   quiet_logs()
   try:

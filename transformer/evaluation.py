@@ -210,8 +210,9 @@ def bleu_on_split(bits: Any, params: Any, split: str, *, limit: int = 0, beam_si
   """{'bleu', 'chrf', 'bleu_lines'} on the first `limit` examples of a split (0: all).
 
   For periodic evaluation in training: the subset is fixed, its raw text is cached on
-  `bits` and the decoders compile once per process, and greedy decoding (beam_size=1) keeps it cheap. Every
-  process decodes the whole subset, so all of them return the same numbers.
+  `bits`, the decoders compile once per process (one per batch width), and greedy
+  decoding (beam_size=1) keeps it cheap. Every process decodes the whole subset, so all
+  of them return the same numbers.
   """
   scores, _ = score_pairs(bits, params, split_examples(bits, split, limit),
                           beam_size=beam_size, alpha=alpha, batch_size=batch_size)
@@ -241,7 +242,7 @@ def perplexity(bits: Any, params: Any, pairs: Sequence[tuple[str, str]], *,
                batch_size: int = 64) -> dict[str, float]:
   """Teacher-forced loss, nll, perplexity (exp of the unsmoothed per-token nll), accuracy
   and token count of (source, reference) pairs; over-long pairs are truncated to max_len."""
-  model, tokenizer, _, label_smoothing, cache, _ = _parts(bits)
+  model, _, _, label_smoothing, _, _ = _parts(bits)
   params = device_params(bits, params)
   sources = encode_sources(bits, [s for s, _ in pairs], truncate=True)
   targets = encode_sources(bits, [t for _, t in pairs], truncate=True)
