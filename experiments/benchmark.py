@@ -3,6 +3,8 @@
   python -m experiments.benchmark --config=experiments/configs/benchmark_base.py --steps=10
   python -m experiments.benchmark --config=experiments/configs/benchmark_base.py:big \
       --config.batch_size=256 --config.model.remat=True
+  python -m experiments.benchmark --config=experiments/configs/benchmark_base.py \
+      --steps=3 --profile_dir=/tmp/profile      # + a jax.profiler trace of 2 steps
 
 The logic (and what MFU is measured against) is in `transformer.benchmark`.
 """
@@ -16,6 +18,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Benchmark config file (with :VARIANT).",
                                 lock_config=True)
 flags.DEFINE_integer("steps", 10, "Timed training steps (after compilation and warm-up).")
+flags.DEFINE_string("profile_dir", None, "Also write a jax.profiler trace of 2 steps here.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -24,7 +27,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   from transformer import benchmark, settings  # noqa: PLC0415  (flag errors before JAX loads)
   try:
-    figures = benchmark.run(FLAGS.config, FLAGS.steps)
+    figures = benchmark.run(FLAGS.config, FLAGS.steps, profile_dir=FLAGS.profile_dir)
   except settings.ConfigError as e:
     sys.exit(f"error: {e}")
   print(benchmark.report(figures), flush=True)

@@ -203,8 +203,12 @@ def compile_step(setup: Setup) -> tuple[Any, float, float]:
   return compiled, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def run(config: Any, steps: int, log=print) -> Figures:
-  """Compiles and times `steps` training steps of the configured model; returns the figures."""
+def run(config: Any, steps: int, log=print, profile_dir: str | None = None) -> Figures:
+  """Compiles and times `steps` training steps of the configured model; returns the figures.
+
+  profile_dir: also records a `jax.profiler` trace (TensorBoard / Perfetto) of two
+  extra steps there, after the timed ones.
+  """
   if steps < 1:
     raise settings.ConfigError(f"steps={steps} must be >= 1")
   setup = prepare(config)
@@ -236,6 +240,12 @@ def run(config: Any, steps: int, log=print) -> Figures:
       flop, wall, cpu = matmul()
       rates.append(flop / wall)
       cpu_rates.append(flop / cpu)
+  if profile_dir:
+    with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+      for _ in range(2):
+        state, metrics = compiled(state, batch, rng)
+      jax.block_until_ready((state, metrics))
+    log(f"profile of 2 steps written under {profile_dir}")
   measured = statistics.median(rates)
   mem, mem_kind = peak_memory(list(dp.mesh.devices.flat))
   if peak:
