@@ -42,6 +42,7 @@ class Settings:
   decode_at_end: bool = True         # greedy decoding of the test split: exact match
   decode_examples: int = 3           # greedy outputs printed beside their targets
   attention_diagnostics: bool = True  # per-layer/head attention statistics at each evaluation
+  bleu_eval_examples: int = 0        # >0: greedy BLEU/chrF on this many eval examples per eval
   model: Any = None                  # raw mapping; vocab_size 0 = the tokenizer's
   data: Any = None
   optim: Any = None

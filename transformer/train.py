@@ -234,6 +234,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                                               cfg.num_eval_batches))
           if cfg.attention_diagnostics:
             _log_attention(run, state.params, writer, step, workdir)
+          if cfg.bleu_eval_examples > 0 and not model_cfg.decoder_only:
+            from transformer import evaluation  # noqa: PLC0415  (sacreBLEU only when asked)
+            writer.write(step, "eval_bleu", evaluation.bleu_on_split(
+                run, state.params, data_cfg.eval_split, limit=cfg.bleu_eval_examples))
         if save or stop:
           ckpt.save(step, dp.to_global(state), rng, train_iter,
                     {"identity": identity})

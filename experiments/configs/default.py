@@ -24,6 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_eval_batches = 0          # 0: the whole eval split
   config.decode_at_end = True          # greedy exact match on data.test_split
   config.decode_examples = 3           # printed beside their targets
+  config.attention_diagnostics = True  # attention statistics of a probe batch at each eval
+  config.bleu_eval_examples = 0        # >0: greedy BLEU/chrF on this many eval examples
 
   # TransformerConfig fields (transformer/config.py); vocab_size 0 = the tokenizer's.
   config.model = ml_collections.ConfigDict(dict(

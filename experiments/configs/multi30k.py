@@ -22,6 +22,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 1000
   config.num_eval_batches = 0
   config.decode_examples = 5
+  config.bleu_eval_examples = 256      # greedy BLEU on a fixed validation subset per eval
+  config.max_checkpoints_to_keep = 5   # the paper averages the last 5 checkpoints
 
   # TransformerConfig.small: 3+3 layers, d_model 256, 4 heads, d_ff 1024, P_drop 0.1.
   config.model.update(dict(d_model=256, num_heads=4, d_ff=1024, num_encoder_layers=3,
