@@ -222,7 +222,7 @@ def run(config: Any, steps: int, log=print, profile_dir: str | None = None) -> F
   peak = gpu_peak(device) if device.platform == "gpu" else None
   # The matmul ceiling is sampled between the timed steps, so that both see the same
   # machine load (the cores may be shared); CPU: float32, GPU: bf16 (for reference).
-  mm_dtype = jnp.bfloat16 if peak else jnp.float32
+  mm_dtype = jnp.bfloat16 if device.platform == "gpu" else jnp.float32
   matmul = matmul_fn(opts["matmul_size"], mm_dtype, device)
   state, batch, rng = setup.state, setup.batch, setup.rng
   for _ in range(opts["warmup_steps"]):
