@@ -4,8 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 WORKDIR ?= workdirs/default
-# Two worker processes: compilation dominates the suite and is single-threaded.
-PYTEST_ARGS ?= -n 2
+# Two worker processes: compilation dominates the suite and is single-threaded. Whole
+# files go to one worker, so module-scoped fixtures (small training runs) are built once.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
 .PHONY: venv test train clean
 

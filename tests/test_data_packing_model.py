@@ -37,10 +37,11 @@ def test_packed_logits_equal_one_by_one(packed_batch, decoder_only):
   model = Transformer(model_cfg)
   b = packed_batch
   inputs = None if decoder_only else b["inputs"]
-  params = model.init(jax.random.PRNGKey(0), inputs, b["targets"])["params"]
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), inputs, b["targets"])["params"]
   kwargs = {} if decoder_only else dict(inputs_segmentation=b["inputs_segmentation"],
                                         inputs_positions=b["inputs_position"])
-  packed = model.apply({"params": params}, inputs, b["targets"],
+  packed = jax.jit(model.apply, static_argnames="deterministic")(
+      {"params": params}, inputs, b["targets"],
                        targets_segmentation=b["targets_segmentation"],
                        targets_positions=b["targets_position"], deterministic=True, **kwargs)
   # Each example alone in its own padded row (rows of a batch never interact).
@@ -50,7 +51,8 @@ def test_packed_logits_equal_one_by_one(packed_batch, decoder_only):
       places.append((row, segment))
       targets.append(unpack(b, row, segment, "targets"))
       sources.append(unpack(b, row, segment, "inputs"))
-  alone = model.apply({"params": params},
+  alone = jax.jit(model.apply, static_argnames="deterministic")(
+      {"params": params},
                       None if decoder_only else np.concatenate([s for s, _ in sources]),
                       np.concatenate([t for t, _ in targets]), deterministic=True)
   for k, (row, segment) in enumerate(places):

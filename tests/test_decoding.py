@@ -1,5 +1,7 @@
 """Incremental decoding against the full forward pass; greedy, beam and sampling searches."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,8 +34,10 @@ def test_cached_steps_equal_the_full_forward_pass(overrides):
   inputs = None if cfg.decoder_only else src
   full = jax.jit(model.apply)({"params": params}, inputs, tgt)  # [B, T, V]
   decoder_inputs = shift_right(tgt, jnp.ones_like(tgt), cfg.bos_id)
-  step_fn, cache = decoding.model_step_fn(model, params, inputs, 2, tgt.shape[1])
-  step_fn = jax.jit(step_fn)
+  init = jax.jit(lambda p, i: decoding.model_step_fn(model, p, i, 2, tgt.shape[1])[1])
+  cache = init(params, inputs)
+  step_fn = jax.jit(lambda tokens, t, c: decoding.model_step_fn(
+      model, params, inputs, 2, tgt.shape[1])[0](tokens, t, c))
   for t in range(tgt.shape[1]):
     logp, cache = step_fn(decoder_inputs[:, t], jnp.array(t), cache)
     np.testing.assert_allclose(np.asarray(logp), np.asarray(jax.nn.log_softmax(full[:, t])),
@@ -43,8 +47,9 @@ def test_cached_steps_equal_the_full_forward_pass(overrides):
 def test_beam_of_one_equals_greedy_without_length_penalty():
   model, params = tiny()
   src = jax.random.randint(jax.random.PRNGKey(3), (3, 6), 3, 64)
-  greedy = decoding.greedy_decode(model, params, src, max_length=9)
-  beams, scores = decoding.beam_decode(model, params, src, beam_size=1, alpha=0.0, max_length=9)
+  greedy = jax.jit(functools.partial(decoding.greedy_decode, model, max_length=9))(params, src)
+  beams, scores = jax.jit(functools.partial(decoding.beam_decode, model, beam_size=1, alpha=0.0,
+                                            max_length=9))(params, src)
   np.testing.assert_array_equal(np.asarray(beams[:, 0]), np.asarray(greedy))
   assert beams.shape == (3, 1, 9) and scores.shape == (3, 1)
 
@@ -52,7 +57,8 @@ def test_beam_of_one_equals_greedy_without_length_penalty():
 def test_beam_scores_are_sorted_and_sequences_end_cleanly():
   model, params = tiny()
   src = jax.random.randint(jax.random.PRNGKey(4), (2, 6), 3, 64)
-  beams, scores = decoding.beam_decode(model, params, src, beam_size=4, max_length=8)
+  beams, scores = jax.jit(functools.partial(decoding.beam_decode, model, beam_size=4,
+                                            max_length=8))(params, src)
   scores = np.asarray(scores)
   assert np.all(np.diff(scores, axis=1) <= 0) and np.all(np.isfinite(scores))
   for row in np.asarray(beams).reshape(-1, 8):
@@ -96,16 +102,21 @@ def test_sampling_top1_is_greedy_and_prompt_is_forced():
   model, params = tiny(num_encoder_layers=0)
   prompt = jnp.array([[5, 6, 7], [8, 9, 0]])  # 0: the second row's prompt is shorter
   rng = jax.random.PRNGKey(5)
-  top1 = decoding.sample_decode(model, params, rng, batch_size=2, max_length=6, prompt_BP=prompt,
-                                temperature=0.7, top_k=1)
+  sample = jax.jit(lambda p, r, prompt, temperature, top_k: decoding.sample_decode(
+      model, p, r, batch_size=2, max_length=6, prompt_BP=prompt, temperature=temperature,
+      top_k=top_k), static_argnames=("temperature", "top_k"))
+  top1 = sample(params, rng, prompt, temperature=0.7, top_k=1)
   np.testing.assert_array_equal(np.asarray(top1[0, :3]), [5, 6, 7])
   np.testing.assert_array_equal(np.asarray(top1[1, :2]), [8, 9])
-  step_fn, cache = decoding.model_step_fn(model, params, None, 2, 6)
-  greedy_then = decoding._autoregress(step_fn, cache, 2, 6, lambda lp, _: jnp.argmax(lp, -1),
-                                      bos_id=1, eos_id=2, pad_id=0, prompt_BP=prompt)
-  np.testing.assert_array_equal(np.asarray(top1), np.asarray(greedy_then))
-  a = decoding.sample_decode(model, params, rng, batch_size=2, max_length=6, temperature=2.0)
-  b = decoding.sample_decode(model, params, rng, batch_size=2, max_length=6, temperature=2.0)
+
+  @jax.jit
+  def greedy_then(p):
+    step_fn, cache = decoding.model_step_fn(model, p, None, 2, 6)
+    return decoding._autoregress(step_fn, cache, 2, 6, lambda lp, _: jnp.argmax(lp, -1),
+                                 bos_id=1, eos_id=2, pad_id=0, prompt_BP=prompt)
+  np.testing.assert_array_equal(np.asarray(top1), np.asarray(greedy_then(params)))
+  a = sample(params, rng, None, temperature=2.0, top_k=0)
+  b = sample(params, rng, None, temperature=2.0, top_k=0)
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # same key, same samples
   with pytest.raises(ValueError, match="temperature=0"):
     decoding.sample_decode(model, params, rng, batch_size=2, max_length=6, temperature=0)
@@ -122,7 +133,9 @@ def test_scanned_layers_decode_like_the_loop():
   scanned = Transformer(model.config.replace(scan_layers=True))
   scanned_params = stack_layers(params, model.config)
   src = jax.random.randint(jax.random.PRNGKey(6), (2, 6), 3, 64)
-  a = decoding.beam_decode(model, params, src, beam_size=2, max_length=7)
-  b = decoding.beam_decode(scanned, scanned_params, src, beam_size=2, max_length=7)
+  a = jax.jit(functools.partial(decoding.beam_decode, model, beam_size=2, max_length=7))(
+      params, src)
+  b = jax.jit(functools.partial(decoding.beam_decode, scanned, beam_size=2, max_length=7))(
+      scanned_params, src)
   np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
   np.testing.assert_allclose(np.asarray(a[1]), np.asarray(b[1]), rtol=1e-5)

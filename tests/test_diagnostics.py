@@ -38,10 +38,11 @@ def test_masked_rows_and_keys_are_excluded():
   np.testing.assert_allclose(np.asarray(stats["logit_std"]), 2.0)
 
 
-def model_and_batch(scale, **overrides):
-  # One head with d_k = 256: row A of Table 3 with h = 1.
-  cfg = TransformerConfig.tiny(d_model=256, num_heads=1, d_ff=64, attention_scale=scale,
-                               num_encoder_layers=2, num_decoder_layers=1, **overrides)
+def model_and_batch(scale, d_model=256, num_heads=1, **overrides):
+  # By default one head with d_k = 256: row A of Table 3 with h = 1.
+  cfg = TransformerConfig.tiny(d_model=d_model, num_heads=num_heads, d_ff=32,
+                               attention_scale=scale, num_encoder_layers=2, num_decoder_layers=1,
+                               **overrides)
   model = Transformer(cfg)
   src = jax.random.randint(jax.random.PRNGKey(1), (4, 24), 3, 64)
   tgt = jax.random.randint(jax.random.PRNGKey(2), (4, 12), 3, 64)
@@ -53,17 +54,17 @@ def model_and_batch(scale, **overrides):
 def test_logit_variance_at_init_shows_the_papers_argument(scale, expected_var):
   """Layer 1 sees LayerNorm-ed (unit variance) inputs: var(q.k) ~ d_k unscaled, ~1 scaled."""
   model, params, batch = model_and_batch(scale)
-  stats = diagnostics.probe_attention(model, params, batch)
+  stats = jax.jit(lambda p: diagnostics.probe_attention(model, p, batch))(params)
   var = float(stats["encoder_1/self_attention"]["logit_std"][0]) ** 2
   assert expected_var / 2 < var < expected_var * 2, var
 
 
 def test_probe_names_every_layer_and_scan_gives_the_same_numbers():
-  model, params, batch = model_and_batch("inv_sqrt_dk")
+  model, params, batch = model_and_batch("inv_sqrt_dk", d_model=32, num_heads=2)
 
   def loss_fn(p):
     return jnp.mean(model.apply({"params": p}, batch["inputs"], batch["targets"]) ** 2)
-  stats = diagnostics.diagnose(model, params, batch, loss_fn)
+  stats = jax.jit(lambda p: diagnostics.diagnose(model, p, batch, loss_fn))(params)
   assert set(stats) == {"encoder_0/self_attention", "encoder_1/self_attention",
                         "decoder_0/self_attention", "decoder_0/cross_attention"}
   assert set(stats["decoder_0/cross_attention"]) == {
@@ -74,7 +75,7 @@ def test_probe_names_every_layer_and_scan_gives_the_same_numbers():
 
   def scanned_loss(p):
     return jnp.mean(scanned.apply({"params": p}, batch["inputs"], batch["targets"]) ** 2)
-  scanned_stats = diagnostics.diagnose(scanned, sp, batch, scanned_loss)
+  scanned_stats = jax.jit(lambda p: diagnostics.diagnose(scanned, p, batch, scanned_loss))(sp)
   assert set(scanned_stats) == set(stats)
   for layer in stats:
     for name in stats[layer]:
