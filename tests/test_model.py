@@ -205,3 +205,34 @@ def test_scan_and_remat_give_identical_numbers(overrides):
   np.testing.assert_allclose(float(fast_loss), float(ref_loss), rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6,
                                                        rtol=1e-5), fast_grad, ref_grad)
+
+
+@pytest.mark.parametrize("policy", ["learned", "qk_norm", "qk_norm+softcap:3"])
+def test_parameterised_policies_match_a_numpy_reference(policy):
+  """MultiHeadAttention with a learned temperature or QK-norm, written out in NumPy."""
+  from transformer.layers import MultiHeadAttention
+  cfg = TransformerConfig.tiny(attention_scale=policy)
+  mha = MultiHeadAttention(cfg, "encoder_self")
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 64))
+  mask = jnp.ones((2, 1, 5, 5), bool).at[1, :, :, 3:].set(False)
+  params = mha.init(jax.random.PRNGKey(1), x, x, mask)["params"]
+  # A non-trivial learned factor per head, so the test sees it used per head.
+  params = {**params, "scale": jnp.array([0.5, 1.0, 2.0, 3.0]) * params["scale"]}
+  out = mha.apply({"params": params}, x, x, mask)
+
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  xn = np.asarray(x, np.float64)
+  proj = lambda name: np.einsum("btm,mhd->bthd", xn, p[name]["kernel"]) + p[name]["bias"]  # noqa
+  q, k, v = proj("query"), proj("key"), proj("value")
+  if policy.startswith("qk_norm"):
+    q = q / np.sqrt((q ** 2).sum(-1, keepdims=True) + 1e-6)
+    k = k / np.sqrt((k ** 2).sum(-1, keepdims=True) + 1e-6)
+  logits = np.einsum("bthd,bshd->bhts", q, k) * p["scale"][None, :, None, None]
+  if policy.endswith("softcap:3"):
+    logits = 3.0 * np.tanh(logits / 3.0)
+  logits = np.where(np.asarray(mask), logits, -np.inf)
+  w = np.exp(logits - logits.max(-1, keepdims=True))
+  w = w / w.sum(-1, keepdims=True)
+  ref = np.einsum("bhts,bshd->bthd", w, v)
+  ref = np.einsum("bthd,hdm->btm", ref, p["out"]["kernel"]) + p["out"]["bias"]
+  np.testing.assert_allclose(np.asarray(out), ref, atol=2e-5, rtol=2e-5)
