@@ -35,6 +35,10 @@ def test_runs_are_recorded_finished_or_diverged(swept):
   diverged = next(r for r in records if r["status"] == "diverged")
   assert "non-finite" in diverged["message"]
   assert os.path.exists(workdir / "inv_sqrt_dk_seed0" / "manifest.json")
+  attention = [m for m in sweep.run_metrics(str(workdir / "inv_sqrt_dk_seed0"))
+               if m["split"] == "attention"]
+  assert attention[0]["step"] == 0 and attention[-1]["step"] == 4  # initialisation and the end
+  assert attention[0]["attn/encoder_0/self_attention/logit_std/mean"] > 0
 
 
 def test_tables_and_pictures(swept):

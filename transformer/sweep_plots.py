@@ -90,8 +90,8 @@ def plot_sweep(records: list[dict[str, Any]], workdir: str) -> list[str]:
   if maps:
     layer = maps[0][2]
     heads = max(w.shape[0] for _, w, _ in maps)
-    fig, axes = plt.subplots(len(maps), heads, figsize=(2.6 * heads + 1, 2.4 * len(maps)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(maps), heads, figsize=(max(2.6 * heads + 1, 6.0),
+                                                        2.4 * len(maps)), squeeze=False)
     for row, (p, weights, _) in enumerate(maps):
       for h in range(heads):
         ax = axes[row][h]
@@ -103,7 +103,7 @@ def plot_sweep(records: list[dict[str, Any]], workdir: str) -> list[str]:
           ax.set_ylabel(p, fontsize=8)
         if row == 0:
           ax.set_title(f"head {h}", fontsize=8)
-    fig.suptitle(f"Probe example, {layer} (rows: queries, columns: keys)")
+    fig.suptitle(f"Probe example, {layer}\n(rows: queries, columns: keys)", fontsize=9)
     written.append(_save(fig, workdir, "attention_maps.png"))
   return written
 

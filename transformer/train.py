@@ -75,11 +75,18 @@ def _sum_metrics(host_metrics: list[dict[str, np.ndarray]]) -> dict[str, float]:
   return out
 
 
+def _eval_batches(run: dict[str, Any], split: str) -> list[dict[str, np.ndarray]]:
+  """This process's padded batches of a split, prepared once per run."""
+  if split not in run["eval_cache"]:
+    run["eval_cache"][split] = data.eval_batches(
+        run["data_cfg"], run["tokenizer"], split, batch_size=run["local_batch"],
+        process_index=jax.process_index(), process_count=jax.process_count())
+  return run["eval_cache"][split]
+
+
 def evaluate(run: dict[str, Any], params: Any, split: str, limit: int = 0) -> dict[str, float]:
   """Teacher-forced metrics of a split (exact_match here is teacher-forced too)."""
-  batches = run["eval_cache"].setdefault(split, data.eval_batches(
-      run["data_cfg"], run["tokenizer"], split, batch_size=run["local_batch"],
-      process_index=jax.process_index(), process_count=jax.process_count()))
+  batches = _eval_batches(run, split)
   total: dict[str, float] = {}
   for batch in batches[:limit or None]:
     sums = run["dp"].fetch(run["eval_step"](params, run["dp"].put_batch(_model_batch(batch))))
@@ -95,7 +102,7 @@ def decode_split(run: dict[str, Any], params: Any, split: str) -> tuple[dict[str
   host_params = run["dp"].fetch(params)
   exact = count = 0
   examples = []
-  for batch in run["eval_cache"][split]:
+  for batch in _eval_batches(run, split):
     length = batch["targets"].shape[1]
     fn = run["decoders"].setdefault(length, jax.jit(functools.partial(
         decoding.greedy_decode, model, max_length=length)))
@@ -116,11 +123,12 @@ def decode_split(run: dict[str, Any], params: Any, split: str) -> tuple[dict[str
 def _log_attention(run: dict[str, Any], params: Any, writer, step: int, workdir: str) -> None:
   """Attention diagnostics of a fixed probe batch (the eval split's first rows).
 
-  Logged under split 'attention'; the first probe example's attention maps are saved to
+  Logged under split 'attention', at step 0 too (the initialisation, where §3.2.1's
+  argument about the logit variance applies); the first probe example's maps are saved to
   WORKDIR/attention_probe.npz (overwritten at each evaluation; the sweep plots the last).
   """
   if "probe" not in run:
-    first = run["eval_cache"][run["data_cfg"].eval_split][0]
+    first = _eval_batches(run, run["data_cfg"].eval_split)[0]
     run["probe"] = diagnostics.Probe(run["model"], first)
   stats, maps = run["probe"](run["dp"].fetch(params))
   writer.write(step, "attention", stats)
@@ -197,6 +205,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   tokens = 0.0
   summary: dict[str, float] = {}
   step = start_step
+  if cfg.attention_diagnostics and start_step == 0:
+    _log_attention(run, state.params, writer, 0, workdir)
   try:
     with _Preemption() as preemption:
       while step < cfg.num_train_steps:
