@@ -135,9 +135,10 @@ def beam_search(step_fn: StepFn, state, batch_size: int, beam_size: int, max_len
   """Beam search with length penalty (§6.1: beam 4, alpha 0.6).
 
   Each step ranks the 2K best extensions; those among the top K that end in EOS are
-  finished, and the K best that do not end stay alive. `state` has B*K rows (each source repeated K times). Returns the K best finished
-  sequences [B, K, L] (best first) and their length-normalised log-probabilities [B, K].
-  A sequence still alive at max_length counts as finished there.
+  finished, and the K best that do not end stay alive. `state` has B*K rows (each source
+  repeated K times). Returns the K best finished sequences [B, K, L] (best first) and
+  their length-normalised log-probabilities [B, K]. A sequence still alive at max_length
+  counts as finished there.
   """
   B, K, L = batch_size, beam_size, max_length
 
