@@ -10,7 +10,7 @@ sweep. Writes DIR/results.md, DIR/results.csv and DIR/*.png (transformer/sweep.p
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from transformer import sweep, sweep_plots
+from transformer import cli, sweep, sweep_plots
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Base experiment config.",
                                           lock_config=True)
@@ -44,4 +44,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)
