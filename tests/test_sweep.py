@@ -79,3 +79,10 @@ def test_second_call_reuses_finished_runs(swept):
 def test_bad_sweep_arguments(scales, seeds, message):
   with pytest.raises(ValueError, match=message):
     sweep.check_sweep_args(scales, seeds)
+
+
+def test_sweep_refuses_a_base_config_with_per_kind_scales(tmp_path):
+  base = loop_config(str(tmp_path), **{"model.cross_attention_scale": "none"})
+  with pytest.raises(ValueError, match="sets model.cross_attention_scale"):
+    sweep.run_config(base, "inv_dk", 0)
+  assert sweep.run_config(loop_config(str(tmp_path)), "inv_dk", 3).model.attention_scale == "inv_dk"

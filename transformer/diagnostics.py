@@ -152,8 +152,13 @@ class Probe:
     self.batch = {k: jnp.asarray(batch[k][:rows]) for k in keys if k in batch}
 
     def loss_fn(params):
-      logits = model.apply({"params": params}, self.batch.get("inputs"), self.batch["targets"])
-      weights = (self.batch["targets"] != 0).astype(jnp.float32)
+      b = self.batch
+      logits = model.apply({"params": params}, b.get("inputs"), b["targets"],
+                           inputs_segmentation=b.get("inputs_segmentation"),
+                           targets_segmentation=b.get("targets_segmentation"),
+                           inputs_positions=b.get("inputs_position"),
+                           targets_positions=b.get("targets_position"))
+      weights = (b["targets"] != model.config.pad_id).astype(jnp.float32)
       nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), self.batch["targets"][..., None],
                                  axis=-1)[..., 0]
       return jnp.sum(nll * weights) / jnp.maximum(jnp.sum(weights), 1.0)

@@ -174,4 +174,6 @@ class Embedding(nn.Module):
 
   def attend(self, x_BTM: Array) -> Array:
     """The pre-softmax linear transformation with the embedding matrix, [B, T, V]."""
-    return jnp.einsum("btm,vm->btv", x_BTM, self.embedding.astype(self.config.compute_dtype))
+    # float32 accumulation and output: the loss's softmax over V runs in float32.
+    return jnp.einsum("btm,vm->btv", x_BTM, self.embedding.astype(self.config.compute_dtype),
+                      preferred_element_type=jnp.float32)

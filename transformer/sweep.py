@@ -29,7 +29,8 @@ STATUS_FILE = "sweep_status.json"
 FINAL_METRICS = (("train_loss", "train", "loss"), ("eval_loss", "eval", "loss"),
                  ("eval_accuracy", "eval", "accuracy"), ("test_loss", "test", "loss"),
                  ("test_accuracy", "test", "accuracy"),
-                 ("test_exact_match", "test", "greedy_exact_match"), ("test_bleu", "test", "bleu"))
+                 ("test_exact_match", "test", "greedy_exact_match"),
+                 ("eval_bleu", "eval_bleu", "bleu"))
 
 
 def run_name(policy: str, seed: int) -> str:
@@ -50,7 +51,15 @@ def check_sweep_args(scales: Sequence[str], seeds: Sequence[int]) -> None:
       raise ValueError(f"{name} repeats a value: {values}")
 
 
+PER_KIND_SCALES = ("encoder_self_attention_scale", "decoder_self_attention_scale",
+                   "cross_attention_scale")
+
+
 def run_config(base: ml_collections.ConfigDict, policy: str, seed: int) -> ml_collections.ConfigDict:
+  fixed = [k for k in PER_KIND_SCALES if base.model.get(k) is not None]
+  if fixed:  # they would override the swept policy in part of the model
+    raise ValueError(f"the base config sets model.{', model.'.join(fixed)}; the sweep varies "
+                     "model.attention_scale for every attention, so leave those unset")
   config = ml_collections.ConfigDict(base.to_dict())  # an unlocked copy
   config.model.attention_scale = policy
   config.seed = seed

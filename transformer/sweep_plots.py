@@ -48,10 +48,18 @@ def _band(ax, curves: list[tuple], label: str, color) -> None:
     ax.fill_between(common, values.min(0), values.max(0), color=color, alpha=0.2)
 
 
-def _attn_mean(metrics_record: dict[str, Any], stat: str, reduce=np.mean) -> float | None:
+def _attn_mean(metrics_record: dict[str, Any], stat: str) -> float | None:
+  """The statistic's mean over all layers and heads of one record."""
   values = [v for k, v in metrics_record.items()
             if k.startswith("attn/") and k.endswith(f"/{stat}/mean")]
-  return float(reduce(values)) if values else None
+  return float(np.mean(values)) if values else None
+
+
+def _attn_max(metrics_record: dict[str, Any], stat: str) -> float | None:
+  """The statistic's maximum over all layers and heads of one record."""
+  values = [v for k, v in metrics_record.items()
+            if k.startswith("attn/") and f"/{stat}/h" in k]
+  return float(np.max(values)) if values else None
 
 
 def plot_sweep(records: list[dict[str, Any]], workdir: str) -> list[str]:
@@ -75,7 +83,7 @@ def plot_sweep(records: list[dict[str, Any]], workdir: str) -> list[str]:
   for p in policies:
     entropy = _curves(records, p, "attention", lambda m: _attn_mean(m, "entropy_mean"))
     max_logit = _curves(records, p, "attention",
-                        lambda m: _attn_mean(m, "max_abs_logit", reduce=np.max))
+                        lambda m: _attn_max(m, "max_abs_logit"))
     if entropy:
       _band(axes[0], entropy, p, colors[p])
     if max_logit:
@@ -116,11 +124,18 @@ def _probe_maps(records, policies) -> list[tuple[str, np.ndarray, str]]:
       path = os.path.join(r["run_dir"], PROBE_FILE)
       if r["policy"] == p and os.path.exists(path):
         with np.load(path) as probe:
-          names = sorted(probe.files)
+          names = sorted(probe.files, key=_layer_order)
           layer = next((n for n in reversed(names) if n.startswith("encoder")), names[-1])
           maps.append((p, probe[layer], layer))
         break
   return maps
+
+
+def _layer_order(name: str) -> tuple[str, int, str]:
+  """'encoder_11/self_attention' -> ('encoder', 11, 'self_attention'): numeric layer order."""
+  stack, _, rest = name.partition("/")
+  kind, _, index = stack.rpartition("_")
+  return (kind, int(index) if index.isdigit() else -1, rest)
 
 
 def _save(fig, workdir: str, name: str) -> str:
