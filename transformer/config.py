@@ -133,12 +133,7 @@ class TransformerConfig:
   @classmethod
   def from_mapping(cls, values: Mapping[str, Any]) -> "TransformerConfig":
     """Builds from a dict-like (e.g. an ml_collections `config.model`), naming unknown keys."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(f"unknown TransformerConfig field(s): {', '.join(unknown)}; "
-                       f"valid: {', '.join(sorted(known))}")
-    return cls(**dict(values))
+    return dataclass_from_mapping(cls, values, "TransformerConfig field(s)")
 
   # Presets. Table 3 of the paper; the small ones are for CPU experiments and tests.
   @classmethod
@@ -167,6 +162,20 @@ class TransformerConfig:
                          num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0,
                          max_len=128),
                   **overrides})
+
+
+def dataclass_from_mapping(cls, values: Mapping[str, Any], what: str):
+  """cls(**values) for a dict or ml_collections.ConfigDict, naming unknown keys first.
+
+  Shared by the model, data and optimizer configs, so every config section rejects a
+  misspelled key the same way.
+  """
+  values = values.to_dict() if hasattr(values, "to_dict") else dict(values)
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - known)
+  if unknown:
+    raise ValueError(f"unknown {what}: {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+  return cls(**values)
 
 
 PRESETS = ("base", "big", "small", "tiny")

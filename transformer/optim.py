@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from transformer.config import dataclass_from_mapping
+
 SCHEDULES = ("paper", "warmup_rsqrt", "warmup_cosine", "constant")
 
 
@@ -62,12 +64,7 @@ class OptimConfig:
 
   @classmethod
   def from_mapping(cls, values: Mapping[str, Any]) -> "OptimConfig":
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(f"unknown optim config key(s): {', '.join(unknown)}; "
-                       f"valid: {', '.join(sorted(known))}")
-    return cls(**dict(values))
+    return dataclass_from_mapping(cls, values, "optim config key(s)")
 
 
 def paper_schedule(d_model: int, warmup_steps: int, factor: float = 1.0) -> optax.Schedule:

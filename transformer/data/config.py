@@ -13,6 +13,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from transformer.config import dataclass_from_mapping
+
 SYNTHETIC_TASKS = ("copy", "reverse", "sort", "addition")
 TOKENIZERS = ("auto", "sentencepiece", "byte", "char", "identity")
 SPM_MODEL_TYPES = ("unigram", "bpe")
@@ -105,13 +107,7 @@ class DataConfig:
   @classmethod
   def from_mapping(cls, mapping: Mapping[str, Any]) -> "DataConfig":
     """From a dict or an ml_collections.ConfigDict; unknown keys are an error."""
-    values = mapping.to_dict() if hasattr(mapping, "to_dict") else dict(mapping)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(f"unknown DataConfig keys: {', '.join(unknown)} (valid: "
-                       f"{', '.join(sorted(known))})")
-    return cls(**values)
+    return dataclass_from_mapping(cls, mapping, "DataConfig keys")
 
   def replace(self, **changes: Any) -> "DataConfig":
     return dataclasses.replace(self, **changes)
