@@ -6,6 +6,10 @@
 The data folder holds {train,val,test_2016_flickr}.{en,de}.gz (line-aligned); its
 location is a flag because the data is not part of the repository. A shared
 SentencePiece vocabulary of 8000 is trained on the training split and cached.
+
+Measured on a 2-core CPU (BUILD_NOTES.md): 56 min 42 s for the whole command, then
+`python -m experiments.evaluate --workdir=DIR --split=test` (beam 4, alpha 0.6) gives
+sacreBLEU 36.27 on test_2016_flickr, En->De.
 """
 
 import ml_collections
@@ -15,12 +19,14 @@ from experiments.configs import default
 
 def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
-  config.num_train_steps = 20_000
+  # Sized for 60 minutes on a 2-core CPU (~1.7 s per step): ~2,000 updates, ~8 epochs.
+  config.num_train_steps = 1900
   config.batch_size = 32               # packed rows of 64 tokens: ~2k tokens per side
   config.log_every_steps = 50
-  config.eval_every_steps = 1000
-  config.checkpoint_every_steps = 1000
+  config.eval_every_steps = 250
+  config.checkpoint_every_steps = 250
   config.num_eval_batches = 0
+  config.decode_at_end = False         # exact match means nothing here; BLEU is evaluate's job
   config.decode_examples = 5
   config.bleu_eval_examples = 256      # greedy BLEU on a fixed validation subset per eval
   config.max_checkpoints_to_keep = 5   # the paper averages the last 5 checkpoints
@@ -38,6 +44,8 @@ def get_config() -> ml_collections.ConfigDict:
       max_source_length=64, max_target_length=64, pack=True,
       train_split="train", eval_split="validation", test_split="test"))
 
-  config.optim.update(dict(schedule="paper", learning_rate_factor=2.0, warmup_steps=4000,
-                           grad_clip_norm=0.0))
+  # A short budget: a short warmup and a cosine decay to zero at the last step (Eq. 3's
+  # 4,000 warmup steps would take the whole hour).
+  config.optim.update(dict(schedule="warmup_cosine", learning_rate=1.5e-3, warmup_steps=250,
+                           end_learning_rate=0.0, grad_clip_norm=1.0))
   return config
