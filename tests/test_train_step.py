@@ -120,15 +120,35 @@ def test_paper_schedule_is_equation_3():
   np.testing.assert_allclose([rsqrt(4), rsqrt(9), rsqrt(39)], [5e-4, 1e-3, 5e-4], rtol=1e-6)
 
 
-def test_optimizer_is_adam_with_the_papers_betas():
-  cfg = optim.OptimConfig()
+@pytest.mark.parametrize("flat", [True, False])
+@pytest.mark.parametrize("weight_decay, clip", [(0.0, 0.0), (0.1, 1.0)])
+def test_optimizer_is_optax_adam_with_the_papers_betas(flat, weight_decay, clip):
+  """Flat or per-leaf moments, the updates are optax.adam/adamw's (clipped) over 3 steps."""
+  cfg = optim.OptimConfig(flat_moments=flat, weight_decay=weight_decay, grad_clip_norm=clip)
   tx, _ = optim.make_optimizer(cfg, 512, 100)
-  params = {"w": jnp.ones((2, 2))}
-  grads = {"w": jnp.full((2, 2), 0.5)}
-  updates, _ = tx.update(grads, tx.init(params), params)
-  reference = optax.adam(optim.paper_schedule(512, 4000), b1=0.9, b2=0.98, eps=1e-9)
-  expected, _ = reference.update(grads, reference.init(params), params)
-  np.testing.assert_array_equal(updates["w"], expected["w"])
+  schedule = optim.paper_schedule(512, 4000)
+  if weight_decay:
+    reference = optax.adamw(schedule, b1=0.9, b2=0.98, eps=1e-9, weight_decay=weight_decay,
+                            mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p))
+  else:
+    reference = optax.adam(schedule, b1=0.9, b2=0.98, eps=1e-9)
+  if clip:
+    reference = optax.chain(optax.clip_by_global_norm(clip), reference)
+  rng = np.random.default_rng(0)
+  params = {"w": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
+            "layer": {"b": jnp.asarray(rng.normal(size=(4,)), jnp.float32),
+                      "k": jnp.asarray(rng.normal(size=(2, 4, 5)), jnp.float32)}}
+  state, ref_state = tx.init(params), reference.init(params)
+  if flat:   # one vector per moment, not one per leaf
+    assert len([x for x in jax.tree.leaves(state) if x.ndim]) == 2
+  for _ in range(3):
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape) * 2, jnp.float32),
+                         params)
+    updates, state = tx.update(grads, state, params)
+    expected, ref_state = reference.update(grads, ref_state, params)
+    jax.tree.map(lambda u, e: np.testing.assert_allclose(u, e, rtol=1e-6, atol=1e-9),
+                 updates, expected)
+    params = optax.apply_updates(params, updates)
 
 
 def test_sequence_exact_match_counts_packed_segments():
@@ -143,6 +163,7 @@ def test_sequence_exact_match_counts_packed_segments():
     (dict(schedule="noam"), "schedule='noam' is not one of"),
     (dict(grad_accum_steps=0), "grad_accum_steps=0"),
     (dict(b2=1.0), "b2=1.0"),
+    (dict(flat_moments="yes"), "flat_moments='yes' must be True or False"),
 ])
 def test_bad_optim_config_is_named(bad, message):
   with pytest.raises(ValueError, match=message):

@@ -47,7 +47,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim = ml_collections.ConfigDict(dict(
       schedule="warmup_cosine", learning_rate=5e-3, learning_rate_factor=1.0,
       warmup_steps=100, decay_steps=0, end_learning_rate=0.0, b1=0.9, b2=0.98, eps=1e-9,
-      weight_decay=0.0, grad_clip_norm=1.0, grad_accum_steps=1))
+      weight_decay=0.0, grad_clip_norm=1.0, grad_accum_steps=1,
+      flat_moments=True))  # Adam's moments as one vector each: less to compile
 
   config.parallel = ml_collections.ConfigDict(dict(
       backend="pmap"))                 # or 'shard_map': the same numbers
