@@ -8,11 +8,10 @@ import subprocess
 import sys
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 import train_fixtures as fx
-from transformer import run_records, settings, train
+from transformer import settings, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELPER = os.path.join(ROOT, "tests", "train_subprocess.py")
@@ -48,31 +47,13 @@ def reference(data_dir, tmp_path_factory):
   return workdir
 
 
-def _params(workdir, step):
-  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
-                             options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
-    tree = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-  return {"/".join(map(str, path)): np.asarray(leaf) for path, leaf in
-          __import__("jax").tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _assert_bitwise_equal(a, b):
-  assert a.keys() == b.keys()
-  for key in a:
-    assert a[key].tobytes() == b[key].tobytes(), key
-
-
-def _records(workdir):
-  return [r for r in run_records.read_metrics(workdir) if r["split"] != "perf"]
-
-
 def _helper(mode, spec):
   return subprocess.run([sys.executable, HELPER, mode, json.dumps(spec)], env=ENV, cwd=ROOT,
                         capture_output=True, text=True, timeout=300)
 
 
 def test_reference_run_records(reference):
-  records = _records(reference)
+  records = fx.run_metrics(reference)
   assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]
   assert [r["step"] for r in records if r["split"] == "eval"] == [3, 6]
   manifest = json.load(open(os.path.join(reference, "manifest.json")))
@@ -88,8 +69,8 @@ def test_sigkill_then_rerun_is_bitwise_identical(reference, data_dir, tmp_path):
   assert max(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))
              if s.isdigit()) < 6
   train.train_and_evaluate(fx.loop_config(data_dir), workdir)
-  _assert_bitwise_equal(_params(workdir, 6), _params(reference, 6))
-  assert _records(workdir) == _records(reference)
+  fx.assert_bitwise_equal(fx.checkpoint_params(workdir, 6), fx.checkpoint_params(reference, 6))
+  assert fx.run_metrics(workdir) == fx.run_metrics(reference)
 
 
 def test_sigterm_saves_exits_cleanly_and_resumes_exactly(reference, data_dir, tmp_path):
@@ -101,7 +82,7 @@ def test_sigterm_saves_exits_cleanly_and_resumes_exactly(reference, data_dir, tm
   assert json.loads(stopped.stdout.splitlines()[-1]) == {"step": 4, "preempted": True}
   assert "4" in os.listdir(os.path.join(workdir, "checkpoints"))
   train.train_and_evaluate(fx.loop_config(data_dir), workdir)
-  _assert_bitwise_equal(_params(workdir, 6), _params(reference, 6))
+  fx.assert_bitwise_equal(fx.checkpoint_params(workdir, 6), fx.checkpoint_params(reference, 6))
 
 
 @pytest.mark.parametrize("damage", ["truncate", "checksum"])
@@ -124,7 +105,7 @@ def test_corrupt_latest_checkpoint_falls_back(reference, data_dir, tmp_path, dam
   assert "checkpoint at step 6 is unreadable or corrupt" in caplog.text
   assert "resuming from step 4" in caplog.text
   assert len(os.listdir(os.path.join(workdir, "corrupt_checkpoints"))) == 1
-  _assert_bitwise_equal(_params(workdir, 6), _params(reference, 6))
+  fx.assert_bitwise_equal(fx.checkpoint_params(workdir, 6), fx.checkpoint_params(reference, 6))
 
 
 def test_nan_guard_names_the_step_and_keeps_good_checkpoints(data_dir, tmp_path):
@@ -137,7 +118,7 @@ def test_nan_guard_names_the_step_and_keeps_good_checkpoints(data_dir, tmp_path)
   bad_step = int(e.value.args[0].split("at step ")[1].split()[0])
   saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
   assert saved and max(saved) < bad_step
-  for leaf in _params(workdir, max(saved)).values():
+  for leaf in fx.checkpoint_params(workdir, max(saved)).values():
     assert np.all(np.isfinite(leaf))
 
 

@@ -6,13 +6,14 @@ Imported by tests/test_train_*.py and by tests/train_subprocess.py (fresh proces
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from transformer import optim, parallel, step as step_lib
+from transformer import optim, parallel, run_records, step as step_lib
 from transformer.config import TransformerConfig
 from transformer.model import Transformer
 
@@ -92,3 +93,30 @@ def loop_config(data_dir: str, **overrides) -> ml_collections.ConfigDict:
       target = target[p]
     target[last] = value
   return config
+
+
+def checkpoint_params(workdir: str, step: int) -> dict[str, np.ndarray]:
+  """The saved training state of `step`, as {path: array}, read onto one device (whatever
+  the number of processes and devices that wrote it)."""
+  import orbax.checkpoint as ocp  # noqa: PLC0415  (only the loop tests need it)
+  one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
+                             options=ocp.CheckpointManagerOptions(read_only=True),
+                             item_handlers={"state": ocp.StandardCheckpointHandler()}) as mngr:
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
+                          mngr.item_metadata(step)["state"])
+    tree = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))["state"]
+  return {"/".join(map(str, path)): np.asarray(leaf)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def assert_bitwise_equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+  assert a.keys() == b.keys()
+  for key in a:
+    assert a[key].tobytes() == b[key].tobytes(), key
+
+
+def run_metrics(workdir: str) -> list[dict]:
+  """metrics.jsonl without the timing records (they differ from run to run)."""
+  return [r for r in run_records.read_metrics(workdir) if r["split"] != "perf"]
