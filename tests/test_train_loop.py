@@ -187,3 +187,16 @@ def test_cli_prints_one_line_errors(tmp_path):
                            capture_output=True, text=True, timeout=120)
   assert unknown.returncode != 0 and "no_such_key" in unknown.stderr
   assert not os.path.exists(tmp_path / "w")
+
+
+def test_a_run_recorded_before_flat_moments_resumes_only_with_per_leaf_moments(tmp_path):
+  identity = settings.run_identity(fx.loop_config(str(tmp_path / "tfds"),
+                                                  **{"optim.flat_moments": False}))
+  recorded = json.loads(json.dumps(identity))
+  del recorded["optim"]["flat_moments"]   # what such a workdir's run_config.json holds
+  with open(tmp_path / settings.RUN_CONFIG, "w") as f:
+    json.dump(recorded, f)
+  assert settings.check_workdir(str(tmp_path), identity)
+  identity["optim"]["flat_moments"] = True
+  with pytest.raises(settings.ConfigError, match=r"optim\.flat_moments: False -> True"):
+    settings.check_workdir(str(tmp_path), identity)

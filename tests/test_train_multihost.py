@@ -15,6 +15,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELPER = os.path.join(ROOT, "tests", "train_subprocess.py")
 
 
+def _wait_all(procs, timeout=300):
+  """(stdout, stderr) of each process; whatever still runs on the way out is killed, so that
+  one crashed process cannot leave its partner blocked in a collective holding the cores."""
+  try:
+    return [p.communicate(timeout=timeout) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+
+
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_four_devices():
   port = portpicker.pick_unused_port()
@@ -26,7 +38,7 @@ def test_two_processes_match_one_process_with_four_devices():
            "backends": ["pmap"]})],
       env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
-  outputs = [p.communicate(timeout=300) for p in procs]
+  outputs = _wait_all(procs)
   for p, (out, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-3000:]
   results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
@@ -48,7 +60,7 @@ def _loop_pair(data_dir, workdir, **extra):
            "port": port, **extra})],
       env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
-  outputs = [p.communicate(timeout=300) for p in procs]
+  outputs = _wait_all(procs)
   for p, (out, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-3000:]
   return [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]

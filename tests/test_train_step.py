@@ -151,6 +151,18 @@ def test_optimizer_is_optax_adam_with_the_papers_betas(flat, weight_decay, clip)
     params = optax.apply_updates(params, updates)
 
 
+def test_a_recorded_config_without_flat_moments_keeps_per_leaf_state():
+  """Runs recorded before the option have no key: their checkpoints hold per-leaf moments."""
+  params = {"w": jnp.ones((2, 3)), "b": jnp.ones((3,))}
+  old, _ = optim.make_optimizer(optim.OptimConfig.from_mapping({"schedule": "paper"}), 8, 10)
+  new, _ = optim.make_optimizer(optim.OptimConfig.from_mapping({"flat_moments": True}), 8, 10)
+  # The exact tree the checkpoints of such runs hold (Orbax restores by structure).
+  recorded = optax.chain(optax.adam(optim.paper_schedule(8, 4000), b1=0.9, b2=0.98, eps=1e-9))
+  assert jax.tree.structure(old.init(params)) == jax.tree.structure(recorded.init(params))
+  shapes = lambda tx: sorted(x.shape for x in jax.tree.leaves(tx.init(params)) if x.ndim)  # noqa: E731
+  assert shapes(new) == [(9,), (9,)]
+
+
 def test_sequence_exact_match_counts_packed_segments():
   correct = jnp.array([[1, 1, 0, 1, 1, 0], [1, 1, 1, 1, 0, 0]], jnp.float32)
   segments = jnp.array([[1, 1, 2, 3, 3, 0], [1, 1, 2, 2, 0, 0]])

@@ -37,8 +37,10 @@ class OptimConfig:
   weight_decay: float = 0.0        # decoupled (AdamW); matrices only, never biases or norms
   grad_clip_norm: float = 0.0      # clip by global norm; 0 disables
   grad_accum_steps: int = 1        # micro-batches per update (optax.MultiSteps)
-  flat_moments: bool = True        # Adam's moments as one flat vector each (optax.flatten):
-                                   # same numbers, ~1.3 s less XLA compile for the base shape
+  # Adam's moments as one flat vector each (optax.flatten): the same updates, less to compile.
+  # The experiment configs turn it on; False here so that a run recorded before the option
+  # existed (its config lacks the key) rebuilds the per-leaf state its checkpoints hold.
+  flat_moments: bool = False
 
   def __post_init__(self):
     problems = []
@@ -112,20 +114,26 @@ def make_optimizer(cfg: OptimConfig, d_model: int,
   """(optimizer, schedule). With gradient accumulation one update spans grad_accum_steps steps."""
   num_updates = max(num_train_steps // cfg.grad_accum_steps, 1)
   schedule = make_schedule(cfg, d_model, num_updates)
-  # optax.adam / optax.adamw spelled out, so that everything up to the learning rate (the
-  # weight-decay mask needs parameter names) can run on one flat vector (optax.flatten):
-  # the moments are then two arrays, not two per parameter, the NaN guard touches two
-  # arrays, and XLA compiles far fewer fusions. Elementwise, so the numbers agree.
-  parts = [optax.clip_by_global_norm(cfg.grad_clip_norm)] if cfg.grad_clip_norm else []
-  parts.append(optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
-  tail = [optax.scale_by_learning_rate(schedule)]
-  if cfg.weight_decay:   # decoupled (AdamW), on matrices only
-    tail.insert(0, optax.add_decayed_weights(cfg.weight_decay, mask=_decay_mask))
+  clip = [optax.clip_by_global_norm(cfg.grad_clip_norm)] if cfg.grad_clip_norm else []
   if cfg.flat_moments:
-    if not cfg.weight_decay:
-      parts, tail = parts + tail, []
-    parts = [optax.flatten(optax.chain(*parts))]
-  tx = optax.chain(*parts, *tail)
+    # optax.adam / optax.adamw spelled out, so that everything up to the learning rate (the
+    # weight-decay mask needs parameter names) runs on one flat vector (optax.flatten): the
+    # moments are two arrays, not two per parameter, the NaN guard touches two arrays, and
+    # XLA compiles far fewer fusions. Elementwise, so the updates agree.
+    flat = [*clip, optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)]
+    tail = [optax.scale_by_learning_rate(schedule)]
+    if cfg.weight_decay:   # decoupled (AdamW), on matrices only
+      tail.insert(0, optax.add_decayed_weights(cfg.weight_decay, mask=_decay_mask))
+    else:
+      flat, tail = flat + tail, []
+    tx = optax.chain(optax.flatten(optax.chain(*flat)), *tail)
+  else:  # the state layout of runs recorded before flat_moments existed: keep it as it was
+    if cfg.weight_decay:
+      adam = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                         weight_decay=cfg.weight_decay, mask=_decay_mask)
+    else:
+      adam = optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+    tx = optax.chain(*clip, adam)
   if cfg.grad_accum_steps > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=cfg.grad_accum_steps).gradient_transformation()
   return tx, schedule

@@ -108,7 +108,16 @@ def run_identity(config: Any) -> dict[str, Any]:
   identity = {k: raw.get(k) for k in ("model", "data", "optim", "batch_size", "seed",
                                       "label_smoothing")}
   identity["process_count"] = jax.process_count()  # each process checkpoints its iterator
-  return json.loads(json.dumps(identity))
+  identity = json.loads(json.dumps(identity))
+  _default_flat_moments(identity)
+  return identity
+
+
+def _default_flat_moments(identity: dict[str, Any]) -> None:
+  """An optim config without flat_moments means per-leaf moments (OptimConfig's default);
+  runs recorded before the option existed say nothing of it either."""
+  if isinstance(identity.get("optim"), dict):
+    identity["optim"].setdefault("flat_moments", False)
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -137,6 +146,7 @@ def check_workdir(workdir: str, identity: Mapping[str, Any]) -> bool:
         old = json.load(f)
     except (OSError, ValueError) as e:
       raise ConfigError(f"workdir {workdir!r}: cannot read {RUN_CONFIG} ({e})") from None
+    _default_flat_moments(old)
     diffs = _differences(old, dict(identity))
     if diffs:
       shown = "; ".join(diffs[:4]) + ("; ..." if len(diffs) > 4 else "")
