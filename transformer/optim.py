@@ -120,13 +120,13 @@ def make_optimizer(cfg: OptimConfig, d_model: int,
     # weight-decay mask needs parameter names) runs on one flat vector (optax.flatten): the
     # moments are two arrays, not two per parameter, the NaN guard touches two arrays, and
     # XLA compiles far fewer fusions. Elementwise, so the updates agree.
-    flat = [*clip, optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)]
-    tail = [optax.scale_by_learning_rate(schedule)]
+    moments = optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+    rate = optax.scale_by_learning_rate(schedule)
     if cfg.weight_decay:   # decoupled (AdamW), on matrices only
-      tail.insert(0, optax.add_decayed_weights(cfg.weight_decay, mask=_decay_mask))
+      tx = optax.chain(optax.flatten(optax.chain(*clip, moments)),
+                       optax.add_decayed_weights(cfg.weight_decay, mask=_decay_mask), rate)
     else:
-      flat, tail = flat + tail, []
-    tx = optax.chain(optax.flatten(optax.chain(*flat)), *tail)
+      tx = optax.flatten(optax.chain(*clip, moments, rate))
   else:  # the state layout of runs recorded before flat_moments existed: keep it as it was
     if cfg.weight_decay:
       adam = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,

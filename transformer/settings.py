@@ -108,16 +108,16 @@ def run_identity(config: Any) -> dict[str, Any]:
   identity = {k: raw.get(k) for k in ("model", "data", "optim", "batch_size", "seed",
                                       "label_smoothing")}
   identity["process_count"] = jax.process_count()  # each process checkpoints its iterator
-  identity = json.loads(json.dumps(identity))
-  _default_flat_moments(identity)
-  return identity
+  return _with_optim_defaults(json.loads(json.dumps(identity)))
 
 
-def _default_flat_moments(identity: dict[str, Any]) -> None:
-  """An optim config without flat_moments means per-leaf moments (OptimConfig's default);
-  runs recorded before the option existed say nothing of it either."""
+def _with_optim_defaults(identity: dict[str, Any]) -> dict[str, Any]:
+  """A missing optim key means OptimConfig's default, in a new config as in a recorded one
+  (a run recorded before a key existed says nothing of it, e.g. flat_moments)."""
   if isinstance(identity.get("optim"), dict):
-    identity["optim"].setdefault("flat_moments", False)
+    defaults = {f.name: f.default for f in dataclasses.fields(OptimConfig)}
+    identity["optim"] = {**defaults, **identity["optim"]}
+  return identity
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -146,8 +146,7 @@ def check_workdir(workdir: str, identity: Mapping[str, Any]) -> bool:
         old = json.load(f)
     except (OSError, ValueError) as e:
       raise ConfigError(f"workdir {workdir!r}: cannot read {RUN_CONFIG} ({e})") from None
-    _default_flat_moments(old)
-    diffs = _differences(old, dict(identity))
+    diffs = _differences(_with_optim_defaults(old), dict(identity))
     if diffs:
       shown = "; ".join(diffs[:4]) + ("; ..." if len(diffs) > 4 else "")
       raise ConfigError(f"workdir {workdir!r} holds a run with an incompatible config ({shown}); "
