@@ -168,6 +168,7 @@ def test_bfloat16_compute_stays_close_to_float32():
     ({"dropout_rate": 1.0}, r"dropout_rate=1.0 must be in \[0, 1\)"),
     ({"norm_position": "sandwich"}, "norm_position='sandwich' is not one of post, pre"),
     ({"share_embeddings": True, "target_vocab_size": 10}, "share_embeddings needs one vocabulary"),
+    ({"custom_vjp": "yes"}, "custom_vjp='yes' must be True or False"),
 ])
 def test_invalid_config_names_the_values(changes, message):
   with pytest.raises(ValueError, match=message):
@@ -236,3 +237,53 @@ def test_parameterised_policies_match_a_numpy_reference(policy):
   ref = np.einsum("bhts,bshd->bthd", w, v)
   ref = np.einsum("bthd,hdm->btm", ref, p["out"]["kernel"]) + p["out"]["bias"]
   np.testing.assert_allclose(np.asarray(out), ref, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"norm_position": "pre"}, {"scan_layers": True},
+                                       {"attention_scale": "learned"}],
+                         ids=["post", "pre", "scan", "learned_scale"])
+def test_custom_vjp_gives_the_reference_loss_and_gradients(overrides):
+  """custom_vjp=True (written-out LayerNorm and softmax backward) against JAX's own
+  derivatives of flax.linen.LayerNorm and jax.nn.softmax: the same parameter tree, the
+  same loss (rtol 1e-6) and gradients within float32 rounding (atol 1e-6, rtol 1e-5)."""
+  cfg, _, _ = tiny_model()
+  ref_cfg = cfg.replace(**overrides)
+  ref, fast = Transformer(ref_cfg), Transformer(ref_cfg.replace(custom_vjp=True))
+  src, tgt = random_ids(15, (2, 5)), random_ids(16, (2, 4))
+  params = ref.init(jax.random.key(2), src, tgt)["params"]
+  fast_params = fast.init(jax.random.key(2), src, tgt)["params"]
+  assert jax.tree.map(jnp.shape, fast_params) == jax.tree.map(jnp.shape, params)
+  jax.tree.map(np.testing.assert_array_equal, fast_params, params)
+
+  def loss(m):
+    return lambda p: jnp.mean(jax.nn.log_softmax(m.apply({"params": p}, src, tgt))[..., 5])
+  ref_loss, ref_grad = jax.jit(jax.value_and_grad(loss(ref)))(params)
+  fast_loss, fast_grad = jax.jit(jax.value_and_grad(loss(fast)))(params)
+  np.testing.assert_allclose(float(fast_loss), float(ref_loss), rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6,
+                                                       rtol=1e-5), fast_grad, ref_grad)
+
+
+@pytest.mark.parametrize("dtype,atol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
+def test_custom_vjp_layer_norm_matches_flax(dtype, atol):
+  """Values and all three gradients against flax.linen.LayerNorm; bfloat16 to ~1 ulp."""
+  import flax.linen as nn
+
+  from transformer.layers import CustomVJPLayerNorm
+  x = (jax.random.normal(jax.random.key(0), (4, 7, 32)) * 3 + 1).astype(dtype)
+  ref, fast = nn.LayerNorm(epsilon=1e-6, dtype=dtype), CustomVJPLayerNorm(epsilon=1e-6, dtype=dtype)
+  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(1), p.shape),
+                        ref.init(jax.random.key(2), x))
+  assert jax.tree.map(jnp.shape, fast.init(jax.random.key(2), x)) == jax.tree.map(jnp.shape,
+                                                                                    params)
+  w = jax.random.normal(jax.random.key(3), x.shape)
+
+  def loss(m):
+    return lambda p, x: jnp.sum(m.apply(p, x).astype(jnp.float32) * w)
+  for a, b in zip(jax.tree.leaves(jax.grad(loss(fast), argnums=(0, 1))(params, x)),
+                  jax.tree.leaves(jax.grad(loss(ref), argnums=(0, 1))(params, x))):
+    assert a.dtype == b.dtype
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                               atol=atol, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(fast.apply(params, x), np.float32),
+                             np.asarray(ref.apply(params, x), np.float32), atol=atol)

@@ -200,3 +200,25 @@ def test_a_run_recorded_before_flat_moments_resumes_only_with_per_leaf_moments(t
   identity["optim"]["flat_moments"] = True
   with pytest.raises(settings.ConfigError, match=r"optim\.flat_moments: False -> True"):
     settings.check_workdir(str(tmp_path), identity)
+
+
+def test_a_run_recorded_before_the_compile_options_resumes_only_on_their_old_paths(tmp_path):
+  """A run_config.json without model.custom_vjp or dropout_rng ran with the reference
+  backward and Threefry dropout keys; new defaults must be named before anything runs."""
+  identity = settings.run_identity(fx.loop_config(str(tmp_path / "tfds"), **{
+      "model.custom_vjp": False, "dropout_rng": "threefry"}))
+  recorded = json.loads(json.dumps(identity))
+  del recorded["model"]["custom_vjp"], recorded["dropout_rng"]
+  with open(tmp_path / settings.RUN_CONFIG, "w") as f:
+    json.dump(recorded, f)
+  assert settings.check_workdir(str(tmp_path), identity)
+  changed = json.loads(json.dumps(identity))
+  changed["model"]["custom_vjp"], changed["dropout_rng"] = True, "hash"
+  with pytest.raises(settings.ConfigError,
+                     match=r"dropout_rng: 'threefry' -> 'hash'; model\.custom_vjp: False -> True"):
+    settings.check_workdir(str(tmp_path), changed)
+
+
+def test_a_bad_dropout_rng_is_a_one_line_config_error(tmp_path):
+  with pytest.raises(settings.ConfigError, match=r"dropout_rng='philox' is not one of threefry, hash"):
+    settings.resolve(fx.loop_config(str(tmp_path), dropout_rng="philox"))

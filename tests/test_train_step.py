@@ -58,12 +58,14 @@ def test_one_and_four_devices_agree_on_the_same_global_batch():
   np.testing.assert_allclose(one, four, rtol=2e-5)
 
 
-def test_dropout_keys_differ_across_devices_and_steps():
+@pytest.mark.parametrize("dropout_rng", ["threefry", "hash"])
+def test_dropout_keys_differ_across_devices_and_steps(dropout_rng):
   dp = parallel.DataParallel("shard_map")
   rng = jax.random.key_data(jax.random.key(0))
 
   def keys(step):
-    fn = jax.shard_map(lambda r, s: jax.random.key_data(step_lib.step_dropout_key(r, s))[None],
+    fn = jax.shard_map(lambda r, s: jax.random.key_data(
+        step_lib.step_dropout_key(r, s, dropout_rng))[None],
                        mesh=dp.mesh, in_specs=(P(), P()), out_specs=P(step_lib.AXIS))
     return np.asarray(fn(rng, jnp.int32(step)))
 

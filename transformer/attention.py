@@ -128,8 +128,18 @@ def attention_logits(q: Array, k: Array, scale, softcap: float | None = None) ->
   return logits_BHTS
 
 
-def masked_softmax(logits_BHTS: Array, mask: Array | None) -> Array:
-  """Softmax over keys in float32; a row with every key masked gives all zeros, never NaN."""
+def masked_softmax(logits_BHTS: Array, mask: Array | None, custom_vjp: bool = False) -> Array:
+  """Softmax over keys in float32; a row with every key masked gives all zeros, never NaN.
+
+  custom_vjp: the same values, with the backward pass written out (fewer ops to compile):
+  d logits = w * (g - sum_keys(g * w)), which is zero wherever w is (masked keys).
+  """
+  if custom_vjp:
+    return _softmax_written_vjp(logits_BHTS.astype(jnp.float32), mask)
+  return _masked_softmax(logits_BHTS, mask)
+
+
+def _masked_softmax(logits_BHTS: Array, mask: Array | None) -> Array:
   logits_BHTS = logits_BHTS.astype(jnp.float32)
   if mask is None:
     return jax.nn.softmax(logits_BHTS, axis=-1)
@@ -138,6 +148,24 @@ def masked_softmax(logits_BHTS: Array, mask: Array | None) -> Array:
   big_neg = jnp.finfo(jnp.float32).min
   weights = jax.nn.softmax(jnp.where(mask, logits_BHTS, big_neg), axis=-1)
   return jnp.where(jnp.any(mask, axis=-1, keepdims=True), weights, 0.0)
+
+
+@jax.custom_vjp
+def _softmax_written_vjp(logits_BHTS: Array, mask: Array | None) -> Array:
+  return _masked_softmax(logits_BHTS, mask)
+
+
+def _softmax_written_vjp_fwd(logits_BHTS, mask):
+  weights_BHTS = _masked_softmax(logits_BHTS, mask)
+  return weights_BHTS, weights_BHTS
+
+
+def _softmax_written_vjp_bwd(weights_BHTS, g_BHTS):  # float32 in and out
+  d_BHTS = weights_BHTS * (g_BHTS - jnp.sum(g_BHTS * weights_BHTS, axis=-1, keepdims=True))
+  return d_BHTS, None
+
+
+_softmax_written_vjp.defvjp(_softmax_written_vjp_fwd, _softmax_written_vjp_bwd)
 
 
 def _attention_dropout(weights: Array, rate: float, rng: Array | None) -> Array:
@@ -157,6 +185,7 @@ def dot_product_attention(
     deterministic: bool = True,
     return_weights: bool = False,
     implementation: str = "reference",
+    custom_vjp: bool = False,
 ) -> Array | tuple[Array, Array]:
   """Attention(Q, K, V) = softmax(Q K^T * scale) V (§3.2.1, Eq. 1; scale 1/sqrt(d_k) there).
 
@@ -169,6 +198,8 @@ def dot_product_attention(
     implementation: 'reference' (einsum + float32 softmax) or a fused path of
       `jax.nn.dot_product_attention` ('xla' or 'cudnn'); the fused paths support neither
       dropout, soft capping nor returning the weights.
+    custom_vjp: the reference path's softmax with its backward written out (same values;
+      gradients equal to float rounding), which compiles to fewer ops.
   Returns:
     [B, T, H, D] in q's dtype, and the float32 weights [B, H, T, S] if return_weights.
   """
@@ -189,7 +220,7 @@ def dot_product_attention(
     return _fused_attention(q, k, v, mask, scale, implementation)
 
   logits_BHTS = attention_logits(q, k, scale, softcap)
-  weights_BHTS = masked_softmax(logits_BHTS, mask)
+  weights_BHTS = masked_softmax(logits_BHTS, mask, custom_vjp)
   probs_BHTS = _attention_dropout(weights_BHTS, dropout_rate, dropout_rng) if use_dropout \
       else weights_BHTS
   out_BTHD = jnp.einsum("bhts,bshd->bthd", probs_BHTS.astype(v.dtype), v,

@@ -173,7 +173,8 @@ def prepare(config: Any) -> Setup:
   tx, schedule = optim.make_optimizer(optim_cfg, model_cfg.d_model, cfg.num_train_steps)
   lr_fn = lambda s: optim.learning_rate_at(schedule, optim_cfg, s)  # noqa: E731
   dp = parallel.DataParallel(backend)
-  train_step = dp.map_train_step(step_lib.make_train_step(model, tx, lr_fn, cfg.label_smoothing))
+  train_step = dp.map_train_step(step_lib.make_train_step(model, tx, lr_fn, cfg.label_smoothing,
+                                                              cfg.dropout_rng))
   src, tgt = opts["source_length"], opts["target_length"]
   host_batch = synthetic_batch(np.random.default_rng(cfg.seed), cfg.batch_size, src, tgt,
                                model_cfg.output_vocab_size, model_cfg.decoder_only)

@@ -46,6 +46,10 @@ class TransformerConfig:
   share_embeddings: bool = True      # encoder input, decoder input and pre-softmax (§3.4)
   scan_layers: bool = False          # nn.scan over blocks: compile one block, stacked weights
   remat: bool = False                # recompute block activations in the backward pass
+  # Hand-written backward passes for LayerNorm and the attention softmax (same functions;
+  # gradients agree to float rounding): far fewer ops for XLA to compile. False: JAX
+  # differentiates flax.linen.LayerNorm and jax.nn.softmax (bit for bit the older runs).
+  custom_vjp: bool = False
   max_len: int = 512                 # longest position the learned encoding covers
   dtype: str = "float32"             # activations / matmul inputs
   param_dtype: str = "float32"
@@ -78,10 +82,13 @@ class TransformerConfig:
                                ("activation", self.activation, ACTIVATIONS),
                                ("attention_implementation", self.attention_implementation,
                                 IMPLEMENTATIONS),
+
                                ("dtype", self.dtype, DTYPES),
                                ("param_dtype", self.param_dtype, DTYPES)):
       if value not in valid:
         problems.append(f"{name}={value!r} is not one of {', '.join(valid)}")
+    if not isinstance(self.custom_vjp, bool):
+      problems.append(f"custom_vjp={self.custom_vjp!r} must be True or False")
     if self.positional_encoding == "sinusoidal" and isinstance(self.d_model, int) \
         and self.d_model % 2:
       problems.append(f"d_model={self.d_model} must be even for sinusoidal positional encoding")

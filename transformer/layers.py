@@ -6,7 +6,9 @@ M d_model, F d_ff, V vocabulary.
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -74,7 +76,7 @@ class MultiHeadAttention(nn.Module):
         dropout_rate=cfg.attention_dropout_rate,
         dropout_rng=self.make_rng("dropout") if use_dropout else None,
         deterministic=deterministic, return_weights=want_weights,
-        implementation=cfg.attention_implementation)
+        implementation=cfg.attention_implementation, custom_vjp=cfg.custom_vjp)
     if want_weights:
       out, weights_BHTS = out
       self.sow("intermediates", "attention_weights", weights_BHTS)
@@ -108,6 +110,71 @@ class MultiHeadAttention(nn.Module):
 def _l2_normalize(x: Array, eps: float = 1e-6) -> Array:
   x32 = x.astype(jnp.float32)
   return (x32 * jax.lax.rsqrt(jnp.sum(x32 * x32, axis=-1, keepdims=True) + eps)).astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x: Array, scale: Array, bias: Array, epsilon: float) -> Array:
+  """LayerNorm over the last axis: (x - mean) / sqrt(var + epsilon) * scale + bias.
+
+  Statistics and arithmetic in float32 (two-pass variance), output in x's dtype. The
+  backward pass is written out (custom_vjp) instead of derived by JAX:
+    dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),  g = dy * scale,
+  which XLA compiles to fewer, simpler fusions; it keeps x, mean and rstd, not xhat.
+  """
+  return _layer_norm_fwd(x, scale, bias, epsilon)[0]
+
+
+def _layer_norm_fwd(x, scale, bias, epsilon):
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, axis=-1, keepdims=True)
+  centred = x32 - mean
+  rstd = jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + epsilon)
+  y = centred * rstd * _last_axis(scale, x.ndim) + _last_axis(bias, x.ndim)
+  return y.astype(x.dtype), (x, mean, rstd, scale, bias)
+
+
+def _last_axis(v: Array, ndim: int) -> Array:
+  """A [M] parameter as float32 [1, ..., 1, M] (explicit broadcasting)."""
+  return v.astype(jnp.float32).reshape((1,) * (ndim - 1) + v.shape)
+
+
+def _layer_norm_bwd(epsilon, residuals, dy):
+  del epsilon
+  x, mean, rstd, scale, bias = residuals
+  dy32 = dy.astype(jnp.float32)
+  xhat = (x.astype(jnp.float32) - mean) * rstd
+  g = dy32 * _last_axis(scale, dy.ndim)
+  dx = rstd * (g - jnp.mean(g, axis=-1, keepdims=True)
+               - xhat * jnp.mean(g * xhat, axis=-1, keepdims=True))
+  leading = tuple(range(dy.ndim - 1))
+  return (dx.astype(x.dtype), jnp.sum(dy32 * xhat, axis=leading).astype(scale.dtype),
+          jnp.sum(dy32, axis=leading).astype(bias.dtype))
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+class CustomVJPLayerNorm(nn.Module):
+  """`layer_norm` with flax.linen.LayerNorm's parameters ('scale' ones, 'bias' zeros, [M])
+  and constructor, so either implementation reads the other's checkpoints."""
+  epsilon: float = 1e-6
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    features = (x.shape[-1],)
+    scale = self.param("scale", nn.initializers.ones, features, self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros, features, self.param_dtype)
+    dtype = self.dtype or jnp.promote_types(x.dtype, jnp.float32)
+    return layer_norm(x.astype(dtype), scale, bias, self.epsilon)
+
+
+def make_layer_norm(cfg: TransformerConfig, name: str) -> nn.Module:
+  """flax.linen.LayerNorm, or with config.custom_vjp `layer_norm`'s written-out backward."""
+  cls = CustomVJPLayerNorm if cfg.custom_vjp else nn.LayerNorm
+  return cls(epsilon=cfg.layer_norm_epsilon, dtype=cfg.compute_dtype,
+             param_dtype=cfg.weights_dtype, name=name)
 
 
 class FeedForward(nn.Module):

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 from jax import Array
 
 from transformer.config import TransformerConfig
-from transformer.layers import Embedding, FeedForward, MultiHeadAttention, PositionalEncoding
+from transformer.layers import (Embedding, FeedForward, MultiHeadAttention, PositionalEncoding,
+                                make_layer_norm)
 from transformer.masks import (causal_mask, combine_masks, positions_from_segments,
                                segment_mask, segments_from_ids)
 
@@ -32,8 +33,7 @@ class SublayerConnection(nn.Module):
   @nn.compact
   def __call__(self, x: Array, sublayer: Callable[[Array], Array], deterministic: bool) -> Array:
     cfg = self.config
-    norm = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=cfg.compute_dtype,
-                        param_dtype=cfg.weights_dtype, name="norm")
+    norm = make_layer_norm(cfg, "norm")
     drop = nn.Dropout(cfg.dropout_rate)
     if cfg.norm_position == "pre":
       return x + drop(sublayer(norm(x)), deterministic=deterministic)
@@ -164,12 +164,9 @@ class Transformer(nn.Module):
     self.target_positions = PositionalEncoding(cfg, name="target_positions")
     self.decoder = LayerStack(cfg, "decoder", name="decoder")
     if cfg.norm_position == "pre":  # pre-LN stacks need a final normalisation
-      norm = lambda name: nn.LayerNorm(epsilon=cfg.layer_norm_epsilon,  # noqa: E731
-                                       dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
-                                       name=name)
       if not cfg.decoder_only:
-        self.encoder_norm = norm("encoder_norm")
-      self.decoder_norm = norm("decoder_norm")
+        self.encoder_norm = make_layer_norm(cfg, "encoder_norm")
+      self.decoder_norm = make_layer_norm(cfg, "decoder_norm")
 
   def _segments_positions(self, ids, segments, positions):
     if segments is None:

@@ -15,6 +15,7 @@ from typing import Any
 import jax
 
 from transformer import parallel
+from transformer import rng as rng_lib
 from transformer.config import TransformerConfig
 from transformer.data import DataConfig
 from transformer.optim import OptimConfig
@@ -43,6 +44,7 @@ class Settings:
   decode_examples: int = 3           # greedy outputs printed beside their targets
   attention_diagnostics: bool = True  # per-layer/head attention statistics at each evaluation
   bleu_eval_examples: int = 0        # >0: greedy BLEU/chrF on this many eval examples per eval
+  dropout_rng: str = "threefry"      # the dropout keys' PRNG (transformer.rng.DROPOUT_RNGS)
   model: Any = None                  # raw mapping; vocab_size 0 = the tokenizer's
   data: Any = None
   optim: Any = None
@@ -73,6 +75,9 @@ def resolve(config: Any) -> tuple[Settings, DataConfig, OptimConfig, str]:
     value = getattr(settings, name)
     if not isinstance(value, int) or value <= 0:
       problems.append(f"{name}={value!r} must be a positive integer")
+  if settings.dropout_rng not in rng_lib.DROPOUT_RNGS:
+    problems.append(f"dropout_rng={settings.dropout_rng!r} is not one of "
+                    f"{', '.join(rng_lib.DROPOUT_RNGS)}")
   if not 0.0 <= settings.label_smoothing < 1.0:
     problems.append(f"label_smoothing={settings.label_smoothing!r} must be in [0, 1)")
   parallel_raw = dict(settings.parallel or {})
@@ -105,18 +110,30 @@ def model_config(settings: Settings, vocab_size: int | None) -> TransformerConfi
 def run_identity(config: Any) -> dict[str, Any]:
   """What must not change within one workdir: it shapes the checkpoint and the numbers."""
   raw = _raw(config)
-  identity = {k: raw.get(k) for k in ("model", "data", "optim", "batch_size", "seed",
-                                      "label_smoothing")}
+  identity = {k: raw.get(k) for k in _IDENTITY_KEYS}
   identity["process_count"] = jax.process_count()  # each process checkpoints its iterator
-  return _with_optim_defaults(json.loads(json.dumps(identity)))
+  return _with_defaults(json.loads(json.dumps(identity)))
 
 
-def _with_optim_defaults(identity: dict[str, Any]) -> dict[str, Any]:
-  """A missing optim key means OptimConfig's default, in a new config as in a recorded one
-  (a run recorded before a key existed says nothing of it, e.g. flat_moments)."""
-  if isinstance(identity.get("optim"), dict):
-    defaults = {f.name: f.default for f in dataclasses.fields(OptimConfig)}
-    identity["optim"] = {**defaults, **identity["optim"]}
+_IDENTITY_KEYS = ("model", "data", "optim", "batch_size", "seed", "label_smoothing",
+                  "dropout_rng")
+
+
+def _field_defaults(cls) -> dict[str, Any]:
+  return {f.name: f.default for f in dataclasses.fields(cls)
+          if f.default is not dataclasses.MISSING}
+
+
+def _with_defaults(identity: dict[str, Any]) -> dict[str, Any]:
+  """A missing key means its dataclass default, in a new config as in a recorded one: a
+  run recorded before a key existed says nothing of it (optim.flat_moments,
+  model.custom_vjp, dropout_rng), and ran as that default does."""
+  identity = dict(identity)
+  for key, cls in (("optim", OptimConfig), ("model", TransformerConfig)):
+    if isinstance(identity.get(key), dict):
+      identity[key] = {**_field_defaults(cls), **identity[key]}
+  if identity.get("dropout_rng") is None:
+    identity["dropout_rng"] = Settings.dropout_rng
   return identity
 
 
@@ -146,7 +163,7 @@ def check_workdir(workdir: str, identity: Mapping[str, Any]) -> bool:
         old = json.load(f)
     except (OSError, ValueError) as e:
       raise ConfigError(f"workdir {workdir!r}: cannot read {RUN_CONFIG} ({e})") from None
-    diffs = _differences(_with_optim_defaults(old), dict(identity))
+    diffs = _differences(_with_defaults(old), dict(identity))
     if diffs:
       shown = "; ".join(diffs[:4]) + ("; ..." if len(diffs) > 4 else "")
       raise ConfigError(f"workdir {workdir!r} holds a run with an incompatible config ({shown}); "

@@ -195,7 +195,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
              local_batch=local_batch, eval_cache={}, decoders={},
              eval_step=dp.map_eval_step(step_lib.make_eval_step(model, cfg.label_smoothing)))
   p_train_step = dp.map_train_step(step_lib.make_train_step(model, tx, lr_fn,
-                                                            cfg.label_smoothing))
+                                                            cfg.label_smoothing, cfg.dropout_rng))
   writer = run_records.MetricsWriter(workdir, resume_step=start_step)
   run_records.write_manifest(workdir, settings._raw(config), seed=cfg.seed, extra={
       "parameters": int(state_count), "backend": backend, "resumed_from_step": start_step,

@@ -26,6 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.decode_examples = 3           # printed beside their targets
   config.attention_diagnostics = True  # attention statistics of a probe batch at each eval
   config.bleu_eval_examples = 0        # >0: greedy BLEU/chrF on this many eval examples
+  config.dropout_rng = "hash"          # dropout keys: a counter hash ('threefry': JAX's own,
+                                       # slower to compile on CPU); transformer/rng.py
 
   # TransformerConfig fields (transformer/config.py); vocab_size 0 = the tokenizer's.
   config.model = ml_collections.ConfigDict(dict(
@@ -33,7 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
       num_decoder_layers=2, dropout_rate=0.0, attention_dropout_rate=0.0,
       ffn_dropout_rate=0.0, norm_position="post", attention_scale="inv_sqrt_dk",
       positional_encoding="sinusoidal", share_embeddings=True, max_len=128,
-      dtype="float32", param_dtype="float32"))
+      dtype="float32", param_dtype="float32",
+      custom_vjp=True))  # written-out LayerNorm and softmax backward: less to compile
 
   # DataConfig fields (transformer/data/config.py).
   config.data = ml_collections.ConfigDict(dict(
