@@ -1,5 +1,6 @@
 """The benchmark harness end to end on the tiny config, and bf16 compute against float32."""
 
+import os
 import re
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from experiments.configs import benchmark_base
 from transformer import benchmark, flops, settings
 from transformer.config import TransformerConfig
 from transformer.model import Transformer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _number(text: str, label: str) -> float:
@@ -45,6 +48,10 @@ def test_harness_runs_two_steps_and_its_figures_agree():
   assert len(figures.step_cpu_s) == 2 and figures.cpu_time_mfu > 0
   for label in ("compile time", "peak memory", "CPU-time MFU"):
     assert _number(text, label) > 0
+  phases = figures.compile_phases_s
+  assert set(phases) == {"trace", "lower", "xla"} and min(phases.values()) > 0
+  assert sum(phases.values()) == pytest.approx(figures.compile_s, rel=1e-3)
+  assert figures.fusions > 0 and f"{figures.fusions} XLA fusions" in text
 
 
 def test_bad_benchmark_config_is_one_line_error():
@@ -121,3 +128,19 @@ def test_bf16_compute_with_float32_params_stays_close_to_float32():
   flat16 = jnp.concatenate([g.ravel() for g in jax.tree.leaves(grads16)])
   cosine = jnp.dot(flat32, flat16) / (jnp.linalg.norm(flat32) * jnp.linalg.norm(flat16))
   assert float(cosine) > 0.99
+
+
+def test_compile_only_prints_the_phases_and_runs_no_step():
+  out = subprocess.run(
+      [sys.executable, "-m", "experiments.benchmark",
+       "--config=experiments/configs/benchmark_base.py:tiny", "--compile_only"],
+      cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
+      timeout=300)
+  assert out.returncode == 0, out.stderr
+  line = out.stdout.strip().splitlines()[-1]
+  m = re.fullmatch(r"compile time: ([\d.]+) s \(trace ([\d.]+) \+ lower ([\d.]+) \+ XLA "
+                   r"([\d.]+); [\d.]+ s CPU time of this process; (\d+) XLA fusions\)", line)
+  assert m, line
+  total, *phases = (float(x) for x in m.groups()[:4])
+  assert total == pytest.approx(sum(phases), abs=0.02) and int(m.group(5)) > 0
+  assert "median step time" not in out.stdout

@@ -48,6 +48,8 @@ class Figures:
   target_length: int
   compile_s: float
   compile_cpu_s: float           # this process's CPU time while compiling
+  compile_phases_s: dict         # {'trace', 'lower', 'xla'}: wall seconds of each phase
+  fusions: int                   # XLA fusions in the compiled step
   step_times_s: list[float]
   step_cpu_s: list[float]       # this process's CPU seconds per step (all threads)
   model_flops_per_step: int
@@ -193,15 +195,44 @@ def prepare(config: Any) -> Setup:
                batch_size=cfg.batch_size, options=opts)
 
 
-def compile_step(setup: Setup) -> tuple[Any, float, float]:
-  """(compiled step, wall seconds, this process's CPU seconds) of trace + lower + compile.
+def compile_step(setup: Setup) -> tuple[Any, float, float, dict[str, float]]:
+  """(compiled step, wall seconds, this process's CPU seconds, wall seconds per phase).
 
-  The CPU seconds say how much of the wall time was the compiler's own work when
-  other processes share the cores.
+  The phases are JAX tracing, lowering to StableHLO, and XLA's compilation. The CPU
+  seconds say how much of the wall time was the compiler's own work when other
+  processes share the cores.
   """
   wall, cpu = time.perf_counter(), time.process_time()
-  compiled = setup.train_step.lower(setup.state, setup.batch, setup.rng).compile()
-  return compiled, time.perf_counter() - wall, time.process_time() - cpu
+  traced = setup.train_step.trace(setup.state, setup.batch, setup.rng)
+  t_traced = time.perf_counter()
+  lowered = traced.lower()
+  t_lowered = time.perf_counter()
+  compiled = lowered.compile()
+  end = time.perf_counter()
+  phases = {"trace": t_traced - wall, "lower": t_lowered - t_traced, "xla": end - t_lowered}
+  return compiled, end - wall, time.process_time() - cpu, phases
+
+
+def count_fusions(compiled: Any) -> int:
+  """XLA fusions (kernels, on CPU) in a compiled executable's optimised HLO."""
+  return compiled.as_text().count(" fusion(")
+
+
+def compile_report(config: Any) -> str:
+  """Only the compile figures of `config`'s training step (--compile_only): one line.
+
+  Each call traces and compiles anew only in a fresh process (JAX caches both), so
+  repeated measurements mean repeated commands.
+  """
+  setup = prepare(config)
+  compiled, compile_s, compile_cpu_s, phases = compile_step(setup)
+  return _compile_line(compile_s, compile_cpu_s, phases, count_fusions(compiled))
+
+
+def _compile_line(compile_s: float, cpu_s: float, phases: dict, fusions: int) -> str:
+  return (f"{compile_s:.2f} s (trace {phases['trace']:.2f} + lower {phases['lower']:.2f} + "
+          f"XLA {phases['xla']:.2f}; {cpu_s:.2f} s CPU time of this process; "
+          f"{fusions} XLA fusions)")
 
 
 def run(config: Any, steps: int, log=print, profile_dir: str | None = None) -> Figures:
@@ -218,7 +249,7 @@ def run(config: Any, steps: int, log=print, profile_dir: str | None = None) -> F
   device = dp.mesh.devices.flat[0]
   log(f"model {model_cfg}\n{setup.parameters:,} parameters; batch {setup.batch_size} x (source "
       f"{src} + target {tgt}); {dp.num_devices} x {device.device_kind} ({dp.backend})")
-  compiled, compile_s, compile_cpu_s = compile_step(setup)
+  compiled, compile_s, compile_cpu_s, phases = compile_step(setup)
 
   peak = gpu_peak(device) if device.platform == "gpu" else None
   # The matmul ceiling is sampled between the timed steps, so that both see the same
@@ -257,7 +288,8 @@ def run(config: Any, steps: int, log=print, profile_dir: str | None = None) -> F
   return Figures(
       device=device.device_kind, num_devices=dp.num_devices, parameters=setup.parameters,
       batch=setup.batch_size, source_length=0 if model_cfg.decoder_only else src,
-      target_length=tgt, compile_s=compile_s, compile_cpu_s=compile_cpu_s, step_times_s=times,
+      target_length=tgt, compile_s=compile_s, compile_cpu_s=compile_cpu_s,
+      compile_phases_s=phases, fusions=count_fusions(compiled), step_times_s=times,
       step_cpu_s=cpu_times, matmul_cpu_flops=statistics.median(cpu_rates),
       model_flops_per_step=flops.step_flops(model_cfg, setup.batch_size, src, tgt).train,
       ceiling_flops=ceiling, ceiling_kind=ceiling_kind, matmul_flops=measured,
@@ -269,8 +301,8 @@ def report(f: Figures) -> str:
   t = sorted(f.step_times_s)
   q1, q3 = (np.percentile(t, [25, 75]) if len(t) > 1 else (t[0], t[0]))
   lines = [
-      ("compile time", f"{f.compile_s:.2f} s (trace + lower + XLA compile; "
-                       f"{f.compile_cpu_s:.2f} s CPU time of this process)"),
+      ("compile time", _compile_line(f.compile_s, f.compile_cpu_s, f.compile_phases_s,
+                                     f.fusions)),
       ("median step time", f"{f.median_step_s * 1e3:.1f} ms over {len(t)} steps "
                            f"(min {t[0] * 1e3:.1f}, IQR {q1 * 1e3:.1f}-{q3 * 1e3:.1f}, "
                            f"max {t[-1] * 1e3:.1f})"),
