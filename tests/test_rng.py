@@ -102,3 +102,16 @@ def test_bad_names_and_oversized_draws_are_refused():
     rng_lib.impl("philox")
   with pytest.raises(ValueError, match="at most 2\\^32"):
     jax.jit(lambda k: jax.random.bits(k, (1 << 16, 1 << 16))).lower(_key())
+
+
+def test_dropout_key_wraps_the_run_key_for_either_implementation():
+  data = jax.random.key_data(jax.random.key(0))
+  threefry = rng_lib.dropout_key(data, "threefry")
+  assert jax.random.key_impl(threefry) == jax.random.key_impl(jax.random.key(0))
+  hashed = rng_lib.dropout_key(data, "hash")
+  np.testing.assert_array_equal(jax.random.key_data(hashed), data)
+  # A wider default key (rbg's 4 words) folds its extra words in: still a 2-word hash key.
+  wide = rng_lib.dropout_key(jnp.arange(4, dtype=jnp.uint32), "hash")
+  narrow = rng_lib.dropout_key(jnp.arange(2, dtype=jnp.uint32), "hash")
+  assert jax.random.key_data(wide).shape == (2,)
+  assert not np.array_equal(jax.random.key_data(wide), jax.random.key_data(narrow))

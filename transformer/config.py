@@ -46,9 +46,10 @@ class TransformerConfig:
   share_embeddings: bool = True      # encoder input, decoder input and pre-softmax (§3.4)
   scan_layers: bool = False          # nn.scan over blocks: compile one block, stacked weights
   remat: bool = False                # recompute block activations in the backward pass
-  # Hand-written backward passes for LayerNorm and the attention softmax (same functions;
-  # gradients agree to float rounding): far fewer ops for XLA to compile. False: JAX
-  # differentiates flax.linen.LayerNorm and jax.nn.softmax (bit for bit the older runs).
+  # Hand-written backward passes for LayerNorm and the attention softmax: far fewer ops for
+  # XLA to compile. Values and gradients agree with JAX's to float rounding (LayerNorm's
+  # variance is two-pass here, flax's one-pass). False: JAX differentiates
+  # flax.linen.LayerNorm and jax.nn.softmax (bit for bit the older runs).
   custom_vjp: bool = False
   max_len: int = 512                 # longest position the learned encoding covers
   dtype: str = "float32"             # activations / matmul inputs

@@ -14,7 +14,9 @@ that `transformer.step` derives each step's dropout masks from:
 
 Both are deterministic functions of (seed, step, device, layer, site). `hash` is a
 statistical generator for dropout masks, not a cryptographic one: its tests check the
-keep rate, uniformity and the independence of neighbours, sites, layers and steps.
+keep rate, a chi-square of uniformity, neighbour correlations, that masks of split and
+folded-in keys agree as often as independent masks would, and that every scanned layer,
+device and step gets its own key.
 Parameters are always initialised with Threefry, whatever this says.
 """
 
@@ -107,12 +109,21 @@ HASH_IMPL = jex_random.define_prng_impl(
 
 
 def impl(name: str):
-  """The PRNG implementation `dropout_rng=name` stands for (jax.random's `impl=`)."""
+  """The PRNG implementation `dropout_rng=name` stands for (jax.random's `impl=`); None
+  for 'threefry': JAX's default implementation (Threefry unless JAX_DEFAULT_PRNG_IMPL
+  says otherwise), the one the run's key was made with."""
   if name not in DROPOUT_RNGS:
     raise ValueError(f"dropout_rng={name!r} is not one of {', '.join(DROPOUT_RNGS)}")
-  return "threefry2x32" if name == "threefry" else HASH_IMPL
+  return None if name == "threefry" else HASH_IMPL
 
 
 def dropout_key(key_data: Array, name: str) -> Array:
-  """A typed key of `name`'s implementation over the run's uint32[2] key data."""
-  return jax.random.wrap_key_data(key_data, impl=impl(name))
+  """A typed key of `name`'s implementation over the run's uint32 key data."""
+  if name == "threefry":
+    return jax.random.wrap_key_data(key_data)
+  impl(name)
+  words = jnp.asarray(key_data, jnp.uint32).reshape(-1)
+  key = words[:2]
+  for i in range(2, words.shape[0]):  # a wider default key (e.g. rbg's 4 words): fold the rest
+    key = _fold_in(key, words[i])
+  return jax.random.wrap_key_data(key, impl=HASH_IMPL)

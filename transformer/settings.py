@@ -137,6 +137,11 @@ def _with_defaults(identity: dict[str, Any]) -> dict[str, Any]:
   return identity
 
 
+def identity_differences(recorded: Mapping[str, Any], identity: Mapping[str, Any]) -> list[str]:
+  """'key: old -> new' for each difference between a recorded identity and this one."""
+  return _differences(_with_defaults(dict(recorded)), dict(identity))
+
+
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
   if isinstance(old, Mapping) and isinstance(new, Mapping):
     out = []
@@ -163,7 +168,7 @@ def check_workdir(workdir: str, identity: Mapping[str, Any]) -> bool:
         old = json.load(f)
     except (OSError, ValueError) as e:
       raise ConfigError(f"workdir {workdir!r}: cannot read {RUN_CONFIG} ({e})") from None
-    diffs = _differences(_with_defaults(old), dict(identity))
+    diffs = identity_differences(old, identity)
     if diffs:
       shown = "; ".join(diffs[:4]) + ("; ..." if len(diffs) > 4 else "")
       raise ConfigError(f"workdir {workdir!r} holds a run with an incompatible config ({shown}); "

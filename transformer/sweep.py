@@ -81,9 +81,10 @@ def run_one(config: ml_collections.ConfigDict, run_dir: str,
   if os.path.exists(status_path):
     with open(status_path) as f:
       status = json.load(f)
-    if status.get("identity") != json.loads(json.dumps(identity)):
-      raise ValueError(f"{run_dir} holds a run with another config; use a new --workdir or "
-                       "delete that run directory")
+    diffs = settings.identity_differences(status.get("identity") or {}, identity)
+    if diffs:
+      raise ValueError(f"{run_dir} holds a run with another config ({'; '.join(diffs[:4])}); "
+                       "use a new --workdir or delete that run directory")
     logging.info("reusing %s (%s)", run_dir, status["status"])
     return status
   os.makedirs(run_dir, exist_ok=True)
