@@ -83,7 +83,6 @@ class TransformerConfig:
                                ("activation", self.activation, ACTIVATIONS),
                                ("attention_implementation", self.attention_implementation,
                                 IMPLEMENTATIONS),
-
                                ("dtype", self.dtype, DTYPES),
                                ("param_dtype", self.param_dtype, DTYPES)):
       if value not in valid:

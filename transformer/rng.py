@@ -72,14 +72,10 @@ def _split(key: Array, shape: tuple[int, ...]) -> Array:
 
 def _counter(shape: tuple[int, ...]) -> Array:
   """The row-major element index, uint32 (arrays up to 2^32 elements)."""
-  if int(np.prod(shape)) >= 2 ** 32:
+  n = int(np.prod(shape))
+  if n >= 2 ** 32:
     raise ValueError(f"the 'hash' PRNG draws at most 2^32 values at once, asked for {shape}")
-  index = jnp.zeros(shape, jnp.uint32)
-  stride = 1
-  for axis in range(len(shape) - 1, -1, -1):
-    index = index + lax.broadcasted_iota(jnp.uint32, shape, axis) * np.uint32(stride)
-    stride *= shape[axis]
-  return index
+  return lax.iota(jnp.uint32, n).reshape(shape)
 
 
 def _bits32(key: Array, counter: Array) -> Array:
@@ -108,20 +104,19 @@ HASH_IMPL = jex_random.define_prng_impl(
     name="lowbias32_hash", tag="lbh")
 
 
-def impl(name: str):
-  """The PRNG implementation `dropout_rng=name` stands for (jax.random's `impl=`); None
-  for 'threefry': JAX's default implementation (Threefry unless JAX_DEFAULT_PRNG_IMPL
-  says otherwise), the one the run's key was made with."""
+def check_name(name: str) -> None:
+  """Raises ValueError (one line) unless `name` is one of DROPOUT_RNGS."""
   if name not in DROPOUT_RNGS:
     raise ValueError(f"dropout_rng={name!r} is not one of {', '.join(DROPOUT_RNGS)}")
-  return None if name == "threefry" else HASH_IMPL
 
 
 def dropout_key(key_data: Array, name: str) -> Array:
-  """A typed key of `name`'s implementation over the run's uint32 key data."""
+  """A typed key over the run's uint32 key data: for 'threefry' of JAX's default
+  implementation (Threefry unless JAX_DEFAULT_PRNG_IMPL says otherwise, the one the run's
+  key was made with), for 'hash' of HASH_IMPL."""
+  check_name(name)
   if name == "threefry":
     return jax.random.wrap_key_data(key_data)
-  impl(name)
   words = jnp.asarray(key_data, jnp.uint32).reshape(-1)
   key = words[:2]
   for i in range(2, words.shape[0]):  # a wider default key (e.g. rbg's 4 words): fold the rest

@@ -75,9 +75,10 @@ def resolve(config: Any) -> tuple[Settings, DataConfig, OptimConfig, str]:
     value = getattr(settings, name)
     if not isinstance(value, int) or value <= 0:
       problems.append(f"{name}={value!r} must be a positive integer")
-  if settings.dropout_rng not in rng_lib.DROPOUT_RNGS:
-    problems.append(f"dropout_rng={settings.dropout_rng!r} is not one of "
-                    f"{', '.join(rng_lib.DROPOUT_RNGS)}")
+  try:
+    rng_lib.check_name(settings.dropout_rng)
+  except ValueError as e:
+    problems.append(str(e))
   if not 0.0 <= settings.label_smoothing < 1.0:
     problems.append(f"label_smoothing={settings.label_smoothing!r} must be in [0, 1)")
   parallel_raw = dict(settings.parallel or {})
@@ -137,9 +138,11 @@ def _with_defaults(identity: dict[str, Any]) -> dict[str, Any]:
   return identity
 
 
-def identity_differences(recorded: Mapping[str, Any], identity: Mapping[str, Any]) -> list[str]:
-  """'key: old -> new' for each difference between a recorded identity and this one."""
-  return _differences(_with_defaults(dict(recorded)), dict(identity))
+def identity_differences(recorded: Mapping[str, Any], identity: Mapping[str, Any]) -> str:
+  """'key: old -> new; ...' for the (first four) differences between a recorded identity
+  and this one; '' when they agree."""
+  diffs = _differences(_with_defaults(dict(recorded)), dict(identity))
+  return "; ".join(diffs[:4]) + ("; ..." if len(diffs) > 4 else "")
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -170,8 +173,7 @@ def check_workdir(workdir: str, identity: Mapping[str, Any]) -> bool:
       raise ConfigError(f"workdir {workdir!r}: cannot read {RUN_CONFIG} ({e})") from None
     diffs = identity_differences(old, identity)
     if diffs:
-      shown = "; ".join(diffs[:4]) + ("; ..." if len(diffs) > 4 else "")
-      raise ConfigError(f"workdir {workdir!r} holds a run with an incompatible config ({shown}); "
+      raise ConfigError(f"workdir {workdir!r} holds a run with an incompatible config ({diffs}); "
                         f"use a new --workdir or the same config")
   # The nearest existing ancestor must let us create and write files.
   probe_dir = path

@@ -74,7 +74,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
   dropout_rng: the PRNG implementation of the dropout keys (`transformer.rng`).
   """
-  rng_lib.impl(dropout_rng)  # a bad name fails here, not inside the trace
+  rng_lib.check_name(dropout_rng)  # a bad name fails here, not inside the trace
 
   def train_step(state: TrainState, batch: Batch, rng: Array):
     targets_BT = batch["targets"]

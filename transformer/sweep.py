@@ -83,7 +83,7 @@ def run_one(config: ml_collections.ConfigDict, run_dir: str,
       status = json.load(f)
     diffs = settings.identity_differences(status.get("identity") or {}, identity)
     if diffs:
-      raise ValueError(f"{run_dir} holds a run with another config ({'; '.join(diffs[:4])}); "
+      raise ValueError(f"{run_dir} holds a run with another config ({diffs}); "
                        "use a new --workdir or delete that run directory")
     logging.info("reusing %s (%s)", run_dir, status["status"])
     return status
