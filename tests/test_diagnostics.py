@@ -59,8 +59,10 @@ def test_logit_variance_at_init_shows_the_papers_argument(scale, expected_var):
   assert expected_var / 2 < var < expected_var * 2, var
 
 
-def test_probe_names_every_layer_and_scan_gives_the_same_numbers():
-  model, params, batch = model_and_batch("inv_sqrt_dk", d_model=32, num_heads=2)
+@pytest.mark.parametrize("attention_bias", [True, False])
+def test_probe_names_every_layer_and_scan_gives_the_same_numbers(attention_bias):
+  model, params, batch = model_and_batch("inv_sqrt_dk", d_model=32, num_heads=2,
+                                         attention_bias=attention_bias)
 
   def loss_fn(p):
     return jnp.mean(model.apply({"params": p}, batch["inputs"], batch["targets"]) ** 2)

@@ -32,6 +32,48 @@ def test_every_preset_has_a_golden_count():
   assert set(GOLDEN_PARAMETER_COUNTS) == set(PRESETS)
 
 
+def test_attention_bias_false_drops_exactly_the_projection_biases():
+  # Per encoder layer 4 biases of M (W^Q, W^K, W^V as H x D, W^O), per decoder layer 8.
+  base = preset("base")
+  assert count_parameters(base.replace(attention_bias=False)) == (
+      GOLDEN_PARAMETER_COUNTS["base"] - 6 * 4 * 512 - 6 * 8 * 512)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_no_attention_bias_is_the_biased_model_with_zero_biases(scan):
+  """attention_bias=False computes what the biased model computes with those biases at 0."""
+  cfg = TransformerConfig.tiny(scan_layers=scan, dropout_rate=0.1)
+  src = jax.random.randint(jax.random.PRNGKey(1), (3, 9), 3, 64)
+  tgt = jax.random.randint(jax.random.PRNGKey(2), (3, 7), 3, 64)
+  biased = jax.jit(Transformer(cfg).init)(jax.random.PRNGKey(0), src, tgt)["params"]
+  projections = ("query", "key", "value", "out")
+  dropped, zeroed = [], []
+
+  def strip(tree, zero):
+    out = {}
+    for name, sub in tree.items():
+      if not isinstance(sub, dict):
+        out[name] = sub
+      elif name in projections and "bias" in sub:
+        (zeroed if zero else dropped).append(name)
+        out[name] = ({**sub, "bias": jnp.zeros_like(sub["bias"])} if zero
+                     else {"kernel": sub["kernel"]})
+      else:
+        out[name] = strip(sub, zero)
+    return out
+
+  unbiased = Transformer(cfg.replace(attention_bias=False))
+  params = strip(biased, zero=False)
+  assert jax.tree.structure(params) == jax.tree.structure(
+      jax.eval_shape(unbiased.init, jax.random.PRNGKey(0), src, tgt)["params"])
+  rngs = {"dropout": jax.random.PRNGKey(3)}
+  got = unbiased.apply({"params": params}, src, tgt, deterministic=False, rngs=rngs)
+  want = Transformer(cfg).apply({"params": strip(biased, zero=True)}, src, tgt,
+                                deterministic=False, rngs=rngs)
+  assert len(dropped) == len(zeroed) == (4 + 8) * (1 if scan else 2)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
 def test_pre_ln_adds_exactly_the_final_norms():
   post = count_parameters(TransformerConfig.tiny())
   pre = count_parameters(TransformerConfig.tiny(norm_position="pre"))
@@ -169,6 +211,7 @@ def test_bfloat16_compute_stays_close_to_float32():
     ({"norm_position": "sandwich"}, "norm_position='sandwich' is not one of post, pre"),
     ({"share_embeddings": True, "target_vocab_size": 10}, "share_embeddings needs one vocabulary"),
     ({"custom_vjp": "yes"}, "custom_vjp='yes' must be True or False"),
+    ({"attention_bias": 0}, "attention_bias=0 must be True or False"),
 ])
 def test_invalid_config_names_the_values(changes, message):
   with pytest.raises(ValueError, match=message):

@@ -203,19 +203,23 @@ def test_a_run_recorded_before_flat_moments_resumes_only_with_per_leaf_moments(t
 
 
 def test_a_run_recorded_before_the_compile_options_resumes_only_on_their_old_paths(tmp_path):
-  """A run_config.json without model.custom_vjp or dropout_rng ran with the reference
-  backward and Threefry dropout keys; new defaults must be named before anything runs."""
+  """A run_config.json without model.custom_vjp, model.attention_bias or dropout_rng ran
+  with the reference backward, attention biases and Threefry dropout keys; new defaults
+  must be named before anything runs."""
   identity = settings.run_identity(fx.loop_config(str(tmp_path / "tfds"), **{
-      "model.custom_vjp": False, "dropout_rng": "threefry"}))
+      "model.custom_vjp": False, "model.attention_bias": True, "dropout_rng": "threefry"}))
   recorded = json.loads(json.dumps(identity))
-  del recorded["model"]["custom_vjp"], recorded["dropout_rng"]
+  del recorded["model"]["custom_vjp"], recorded["model"]["attention_bias"]
+  del recorded["dropout_rng"]
   with open(tmp_path / settings.RUN_CONFIG, "w") as f:
     json.dump(recorded, f)
   assert settings.check_workdir(str(tmp_path), identity)
   changed = json.loads(json.dumps(identity))
   changed["model"]["custom_vjp"], changed["dropout_rng"] = True, "hash"
+  changed["model"]["attention_bias"] = False
   with pytest.raises(settings.ConfigError,
-                     match=r"dropout_rng: 'threefry' -> 'hash'; model\.custom_vjp: False -> True"):
+                     match=r"dropout_rng: 'threefry' -> 'hash'; model\.attention_bias: True -> "
+                           r"False; model\.custom_vjp: False -> True"):
     settings.check_workdir(str(tmp_path), changed)
 
 

@@ -44,6 +44,10 @@ class TransformerConfig:
   positional_encoding: str = "sinusoidal"
   activation: str = "relu"
   share_embeddings: bool = True      # encoder input, decoder input and pre-softmax (§3.4)
+  # Biases on the attention projections W^Q, W^K, W^V, W^O. §3.2.2 writes them as matrices
+  # only, as tensor2tensor and Flax's WMT example build them (False); True is flax's default
+  # and the layout of the runs recorded before the option existed.
+  attention_bias: bool = True
   scan_layers: bool = False          # nn.scan over blocks: compile one block, stacked weights
   remat: bool = False                # recompute block activations in the backward pass
   # Hand-written backward passes for LayerNorm and the attention softmax: far fewer ops for
@@ -87,8 +91,9 @@ class TransformerConfig:
                                ("param_dtype", self.param_dtype, DTYPES)):
       if value not in valid:
         problems.append(f"{name}={value!r} is not one of {', '.join(valid)}")
-    if not isinstance(self.custom_vjp, bool):
-      problems.append(f"custom_vjp={self.custom_vjp!r} must be True or False")
+    for name in ("custom_vjp", "attention_bias"):
+      if not isinstance(getattr(self, name), bool):
+        problems.append(f"{name}={getattr(self, name)!r} must be True or False")
     if self.positional_encoding == "sinusoidal" and isinstance(self.d_model, int) \
         and self.d_model % 2:
       problems.append(f"d_model={self.d_model} must be even for sinusoidal positional encoding")

@@ -92,15 +92,16 @@ def qk_gradient_norms(grads: Mapping[str, Any]) -> dict[str, dict[str, Array]]:
   """{layer name: {'grad_norm_query': [H], 'grad_norm_key': [H]}} from a gradient tree.
 
   Kernels are [M, H, D] (or [N, M, H, D] when layers are scanned); each head's norm
-  covers its kernel slice and bias.
+  covers its kernel slice and bias (if any).
   """
   out: dict[str, dict[str, Array]] = {}
 
   def visit(tree, prefix):
     if "query" in tree and "key" in tree and "out" in tree:
       for proj in ("query", "key"):
-        kernel, bias = tree[proj]["kernel"], tree[proj]["bias"]
-        sq = jnp.sum(jnp.square(kernel), axis=-1).sum(axis=-2) + jnp.sum(jnp.square(bias), -1)
+        sq = jnp.sum(jnp.square(tree[proj]["kernel"]), axis=-1).sum(axis=-2)
+        if "bias" in tree[proj]:   # absent with attention_bias=False
+          sq = sq + jnp.sum(jnp.square(tree[proj]["bias"]), -1)
         if sq.ndim == 2:  # scanned: [N, H]
           stack, _, kind = prefix.rpartition("/")
           for i in range(sq.shape[0]):

@@ -41,8 +41,11 @@ class MultiHeadAttention(nn.Module):
                deterministic: bool = True, decode: bool = False) -> Array:
     cfg = self.config
     H, D = cfg.num_heads, cfg.head_dim
-    dense = lambda name: nn.DenseGeneral(  # noqa: E731  (W_i^Q, W_i^K, W_i^V of all heads at once)
-        features=(H, D), dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype, name=name)
+
+    def dense(name):  # W_i^Q, W_i^K or W_i^V of all heads at once
+      return nn.DenseGeneral(features=(H, D), use_bias=cfg.attention_bias,
+                             dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype, name=name)
+
     policy = parse_scale(cfg.scale_for(self.kind))
     normalize = _l2_normalize if policy.kind == "qk_norm" else (lambda x: x)
     q_BTHD = normalize(dense("query")(x_q_BTM))
@@ -85,8 +88,9 @@ class MultiHeadAttention(nn.Module):
       if mask is not None:
         logits_BHTS = jnp.where(jnp.broadcast_to(mask, logits_BHTS.shape), logits_BHTS, jnp.nan)
       self.sow("intermediates", "attention_logits", logits_BHTS)
-    return nn.DenseGeneral(features=cfg.d_model, axis=(-2, -1), dtype=cfg.compute_dtype,
-                           param_dtype=cfg.weights_dtype, name="out")(out)
+    return nn.DenseGeneral(features=cfg.d_model, axis=(-2, -1), use_bias=cfg.attention_bias,
+                           dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
+                           name="out")(out)
 
   def _extend_cache(self, k_BSHD: Array, v_BSHD: Array, mask: Array | None):
     """Self-attention cache: create it (first call) or append one step's key and value."""

@@ -38,6 +38,7 @@ def get_config(variant: str = "base") -> ml_collections.ConfigDict:
       param_dtype="float32",           # parameters (and so the Adam state)
       attention_implementation="reference",  # or 'xla' / 'cudnn' (jax.nn.dot_product_attention)
       scan_layers=False,               # nn.scan over blocks: one block compiled per stack
+      attention_bias=False,            # W^Q, W^K, W^V, W^O as matrices only (§3.2.2)
       custom_vjp=True,                 # written-out LayerNorm and softmax backward
       remat=False))                    # recompute block activations in the backward pass
   config.parallel.backend = "shard_map"  # jit(shard_map): on one device, plain jit

@@ -36,6 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
       ffn_dropout_rate=0.0, norm_position="post", attention_scale="inv_sqrt_dk",
       positional_encoding="sinusoidal", share_embeddings=True, max_len=128,
       dtype="float32", param_dtype="float32",
+      attention_bias=False,  # W^Q, W^K, W^V, W^O without biases, as §3.2.2 writes them
       custom_vjp=True))  # written-out LayerNorm and softmax backward: less to compile
 
   # DataConfig fields (transformer/data/config.py).

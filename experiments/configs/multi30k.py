@@ -54,5 +54,6 @@ def get_config() -> ml_collections.ConfigDict:
   # would save a few seconds of compilation.
   config.optim.flat_moments = False
   config.model.custom_vjp = False
+  config.model.attention_bias = True
   config.dropout_rng = "threefry"
   return config

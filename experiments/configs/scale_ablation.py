@@ -46,5 +46,6 @@ def get_config(variant: str = "large_dk"):
   # The code paths the recorded study ran with (BUILD_NOTES), so that it reproduces exactly.
   config.optim.flat_moments = False
   config.model.custom_vjp = False
+  config.model.attention_bias = True
   config.dropout_rng = "threefry"       # no dropout here, but the recorded runs' identity
   return config
