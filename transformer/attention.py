@@ -139,24 +139,38 @@ def masked_softmax(logits_BHTS: Array, mask: Array | None, custom_vjp: bool = Fa
   return _masked_softmax(logits_BHTS, mask)
 
 
+_BIG_NEG = float(jnp.finfo(jnp.float32).min)
+
+
 def _masked_softmax(logits_BHTS: Array, mask: Array | None) -> Array:
   logits_BHTS = logits_BHTS.astype(jnp.float32)
   if mask is None:
     return jax.nn.softmax(logits_BHTS, axis=-1)
   mask = jnp.broadcast_to(mask, logits_BHTS.shape)
   # where(), not an added bias: no overflow, and the value is safe for float32 softmax.
-  big_neg = jnp.finfo(jnp.float32).min
-  weights = jax.nn.softmax(jnp.where(mask, logits_BHTS, big_neg), axis=-1)
+  weights = jax.nn.softmax(jnp.where(mask, logits_BHTS, _BIG_NEG), axis=-1)
   return jnp.where(jnp.any(mask, axis=-1, keepdims=True), weights, 0.0)
+
+
+def _masked_softmax_forward(logits_BHTS: Array, mask: Array | None) -> Array:
+  """`_masked_softmax`'s values, bit for bit (jax.nn.softmax's own steps), in fewer ops: a
+  row with no visible key is _BIG_NEG throughout (no finite logit is), so the row maximum
+  the softmax takes anyway marks it; no separate reduction over the mask."""
+  if mask is not None:
+    logits_BHTS = jnp.where(mask, logits_BHTS, _BIG_NEG)
+  max_BHT1 = jnp.max(logits_BHTS, axis=-1, keepdims=True)
+  unnormalized = jnp.exp(logits_BHTS - max_BHT1)
+  weights = unnormalized / jnp.sum(unnormalized, axis=-1, keepdims=True)
+  return weights if mask is None else jnp.where(max_BHT1 > _BIG_NEG, weights, 0.0)
 
 
 @jax.custom_vjp
 def _softmax_written_vjp(logits_BHTS: Array, mask: Array | None) -> Array:
-  return _masked_softmax(logits_BHTS, mask)
+  return _masked_softmax_forward(logits_BHTS, mask)
 
 
 def _softmax_written_vjp_fwd(logits_BHTS, mask):
-  weights_BHTS = _masked_softmax(logits_BHTS, mask)
+  weights_BHTS = _masked_softmax_forward(logits_BHTS, mask)
   return weights_BHTS, weights_BHTS
 
 

@@ -60,7 +60,9 @@ def sequence_exact_match(correct_BT: Array, weights_BT: Array,
                               num_segments=num)
   is_sequence = (present > 0) & (jnp.arange(num) % (length + 1) != 0)  # segment 0 = padding
   exact = is_sequence & (wrong == 0)
-  return exact.sum().astype(jnp.float32), is_sequence.sum().astype(jnp.float32)
+  # One reduction for both counts (integers: the order of summation cannot matter).
+  counts = jnp.stack([exact, is_sequence]).astype(jnp.float32).sum(axis=1)
+  return counts[0], counts[1]
 
 
 def batch_metric_sums(logits_BTV: Array, targets_BT: Array, weights_BT: Array,
