@@ -255,3 +255,10 @@ def test_written_vjp_softmax_forward_is_the_reference_bit_for_bit():
   np.testing.assert_array_equal(np.asarray(fast)[0, :, 2], 0.0)
   np.testing.assert_array_equal(np.asarray(fast)[1, :, 4], 0.0)
   np.testing.assert_allclose(np.asarray(fast).sum(-1)[2], 1.0, rtol=1e-6)
+  # A NaN logit stays NaN (the training loop's guard must see it), as in the reference.
+  nan_logits = logits.at[2, 1, 3, 0].set(jnp.nan)
+  for m in (mask.at[2, 0, 3, 0].set(True), None):
+    fast = np.asarray(jax.jit(attn._masked_softmax_forward)(nan_logits, m))
+    ref = np.asarray(jax.jit(attn._masked_softmax)(nan_logits, m))
+    np.testing.assert_array_equal(fast, ref)
+    assert np.isnan(fast[2, 1, 3]).all()

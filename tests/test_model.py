@@ -11,8 +11,9 @@ from transformer.config import PRESETS, TransformerConfig, preset
 from transformer.model import Transformer, shift_right
 from transformer.params import count_parameters
 
-# Shared 37,000-token vocabulary, post-LN, biases as in the paper: the paper rounds the
-# first two to 65M and 213M (Table 3). The others are small presets, counted by hand:
+# Shared 37,000-token vocabulary, post-LN, with attention-projection biases (the config's
+# default; without them see the attention_bias test): the paper rounds the first two to
+# 65M and 213M (Table 3). The others are small presets, counted by hand:
 # embeddings V*M; per encoder layer 4(M^2+M) + (2MF+F+M) + 2*2M; per decoder layer
 # 8(M^2+M) + (2MF+F+M) + 3*2M.
 GOLDEN_PARAMETER_COUNTS = {

@@ -153,15 +153,18 @@ def _masked_softmax(logits_BHTS: Array, mask: Array | None) -> Array:
 
 
 def _masked_softmax_forward(logits_BHTS: Array, mask: Array | None) -> Array:
-  """`_masked_softmax`'s values, bit for bit (jax.nn.softmax's own steps), in fewer ops: a
-  row with no visible key is _BIG_NEG throughout (no finite logit is), so the row maximum
-  the softmax takes anyway marks it; no separate reduction over the mask."""
+  """`_masked_softmax`'s values in fewer ops (jax.nn.softmax's own steps): a row with no
+  visible key is _BIG_NEG throughout, so the row maximum the softmax takes anyway marks
+  it; no separate reduction over the mask. Bit for bit the same for finite logits, and a
+  NaN passes through as there; only a row whose visible logits are all -inf differs
+  (zeros here, weight on the masked keys there)."""
+  logits_BHTS = logits_BHTS.astype(jnp.float32)
   if mask is not None:
     logits_BHTS = jnp.where(mask, logits_BHTS, _BIG_NEG)
   max_BHT1 = jnp.max(logits_BHTS, axis=-1, keepdims=True)
   unnormalized = jnp.exp(logits_BHTS - max_BHT1)
   weights = unnormalized / jnp.sum(unnormalized, axis=-1, keepdims=True)
-  return weights if mask is None else jnp.where(max_BHT1 > _BIG_NEG, weights, 0.0)
+  return weights if mask is None else jnp.where(max_BHT1 == _BIG_NEG, 0.0, weights)
 
 
 @jax.custom_vjp

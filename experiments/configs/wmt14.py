@@ -7,7 +7,9 @@ Paper settings (§5): shared BPE vocabulary of ~37000 tokens (§5.1), batches of
 25000 source and 25000 target tokens (§5.1), Adam(0.9, 0.98, 1e-9) with the Eq. 3
 schedule and 4000 warmup steps (§5.3), P_drop 0.1 (base) / 0.3 (big) and label
 smoothing 0.1 (§5.4), 100k (base) / 300k (big) steps (§5.2). The data is the TFDS
-catalog's `wmt14_translate/de-en` (preparing it needs TensorFlow: BUILD_NOTES.md).
+catalog's `wmt14_translate/de-en` (preparing it needs TensorFlow: BUILD_NOTES.md). Like
+every experiment config, the attention projections have no biases (§3.2.2 writes them as
+matrices; base then has 63,045,632 parameters with the shared 37,000-token vocabulary).
 On several hosts add --coordinator_address/--num_processes/--process_id or --multihost.
 """
 
