@@ -47,7 +47,7 @@ def main(argv):
   start = time.perf_counter()
   for _ in range(FLAGS.steps):
     batch = next(it)
-    examples += int(batch["targets_segmentation"].max(axis=1).sum())
+    examples += int(batch["targets_segment_ids"].max(axis=1).sum())
     tokens += count_tokens(batch)
     slots += batch["inputs"].size + batch["targets"].size
   seconds = time.perf_counter() - start

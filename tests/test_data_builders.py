@@ -173,3 +173,71 @@ def test_default_synthetic_parameters_do_not_collide_with_registered_configs():
                "seed")}
   registered = {c.name for c in SyntheticSeq2seq.BUILDER_CONFIGS}
   assert synthetic_config("copy", **defaults).name not in registered
+
+
+def test_plain_tfds_prepares_and_reads_a_registered_config(tmp_path):
+  """What a user without this project's DataConfig does: plain TFDS calls, no file_format."""
+  import transformer.data.synthetic  # noqa: F401  (registers the builder)
+  builder = tfds.builder("synthetic_seq2seq/reverse", data_dir=str(tmp_path))
+  builder.download_and_prepare()
+  assert builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
+  validation = tfds.data_source("synthetic_seq2seq/reverse", split="validation",
+                                data_dir=str(tmp_path))
+  assert len(validation) == 500 and len(builder.as_data_source()["train"]) == 10_000
+  example = validation[0]
+  source, target = example["inputs"].decode().split(), example["targets"].decode().split()
+  assert source and target == source[::-1]
+
+
+def test_plain_tfds_reads_a_custom_config(tmp_path):
+  from transformer.data.lm_text import lm_text_config
+  corpus = tmp_path / "corpus.txt"
+  text = "".join(f"line {i}\n" for i in range(20))
+  write(corpus, text)
+  builder = tfds.builder("lm_text", config=lm_text_config(str(corpus), 0.5, 1000),
+                         data_dir=str(tmp_path / "d"))
+  builder.download_and_prepare()
+  sources = builder.as_data_source()
+  assert "".join(sources[s][0]["text"].decode() for s in ("train", "validation")) == text
+
+
+@pytest.mark.parametrize("name", ["synthetic_seq2seq/copy", "parallel_text", "lm_text"])
+def test_own_builders_default_to_array_record_and_file_format_still_wins(tmp_path, name):
+  import transformer.data.sources  # noqa: F401  (registers all three builders)
+  assert (tfds.builder(name, data_dir=str(tmp_path)).info.file_format
+          == tfds.core.FileFormat.ARRAY_RECORD)
+  assert (tfds.builder(name, data_dir=str(tmp_path), file_format="tfrecord").info.file_format
+          == tfds.core.FileFormat.TFRECORD)
+
+
+def test_tf_data_routes_say_in_one_line_what_to_use(tmp_path):
+  import importlib.util
+  if importlib.util.find_spec("tensorflow") is not None:
+    pytest.skip("TensorFlow is installed: as_dataset works")
+  cfg = synthetic(tmp_path, "copy")
+  raw_examples(cfg, "test")  # prepared through the project's route
+  from transformer.data.sources import builder
+  with pytest.raises(ModuleNotFoundError, match=r"^synthetic_seq2seq: .*need TensorFlow.*"
+                     r"builder\.as_data_source\(\)[^\n]*$"):
+    builder(cfg).as_dataset(split="test")
+
+
+def test_library_noise_filter_keeps_real_warnings():
+  import logging
+
+  from transformer.run_records import _LibraryNoise
+
+  def kept(path, level, msg):
+    return _LibraryNoise().filter(logging.LogRecord("absl", level, path, 1, msg, None, None))
+
+  tfds_file = "/venv/site-packages/tensorflow_datasets/core/dataset_builder.py"
+  assert not kept(tfds_file, logging.WARNING, "Using custom data configuration: %s")
+  assert not kept("/venv/site-packages/tensorflow_datasets/core/utils/file_utils.py",
+                  logging.WARNING, "Variant folder %s has no %s")
+  assert not kept("/venv/site-packages/orbax/checkpoint/checkpoint_manager.py",
+                  logging.WARNING, "Given directory is read only=%s")
+  assert not kept(tfds_file, logging.INFO, "Generating split %s")
+  assert kept(tfds_file, logging.WARNING, "Some other TFDS warning %s")
+  assert kept("/work/transformer/data/parallel_text.py", logging.WARNING,
+              "parallel_text: dropped %d training pairs")
+  assert kept("/work/transformer/train.py", logging.INFO, "Using custom data configuration")

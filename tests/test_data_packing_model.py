@@ -18,13 +18,13 @@ def packed_batch(tmp_path_factory):
                    synthetic_min_length=2, synthetic_max_length=7,
                    max_source_length=LENGTH, max_target_length=LENGTH)
   batch = next(train_iterator(cfg, build_tokenizer(cfg), batch_size=2, seed=0))
-  assert batch["targets_segmentation"].max() >= 3  # really packed
+  assert batch["targets_segment_ids"].max() >= 3  # really packed
   return batch
 
 
 def unpack(batch, row, segment, key):
   """One example of a packed row, alone in a row of the same length."""
-  ids = batch[key][row][batch[key + "_segmentation"][row] == segment]
+  ids = batch[key][row][batch[key + "_segment_ids"][row] == segment]
   out = np.zeros((1, LENGTH), np.int32)
   out[0, :len(ids)] = ids
   return out, len(ids)
@@ -38,16 +38,16 @@ def test_packed_logits_equal_one_by_one(packed_batch, decoder_only):
   b = packed_batch
   inputs = None if decoder_only else b["inputs"]
   params = jax.jit(model.init)(jax.random.PRNGKey(0), inputs, b["targets"])["params"]
-  kwargs = {} if decoder_only else dict(inputs_segmentation=b["inputs_segmentation"],
-                                        inputs_positions=b["inputs_position"])
+  kwargs = {} if decoder_only else dict(inputs_segment_ids=b["inputs_segment_ids"],
+                                        inputs_positions=b["inputs_positions"])
   packed = jax.jit(model.apply, static_argnames="deterministic")(
       {"params": params}, inputs, b["targets"],
-                       targets_segmentation=b["targets_segmentation"],
-                       targets_positions=b["targets_position"], deterministic=True, **kwargs)
+                       targets_segment_ids=b["targets_segment_ids"],
+                       targets_positions=b["targets_positions"], deterministic=True, **kwargs)
   # Each example alone in its own padded row (rows of a batch never interact).
   places, sources, targets = [], [], []
   for row in range(b["targets"].shape[0]):
-    for segment in range(1, b["targets_segmentation"][row].max() + 1):
+    for segment in range(1, b["targets_segment_ids"][row].max() + 1):
       places.append((row, segment))
       targets.append(unpack(b, row, segment, "targets"))
       sources.append(unpack(b, row, segment, "inputs"))
@@ -56,7 +56,7 @@ def test_packed_logits_equal_one_by_one(packed_batch, decoder_only):
                       None if decoder_only else np.concatenate([s for s, _ in sources]),
                       np.concatenate([t for t, _ in targets]), deterministic=True)
   for k, (row, segment) in enumerate(places):
-    where = b["targets_segmentation"][row] == segment
+    where = b["targets_segment_ids"][row] == segment
     np.testing.assert_allclose(np.asarray(packed[row][where]),
                                np.asarray(alone[k, :targets[k][1]]), rtol=1e-5, atol=1e-5)
   assert len(places) >= 4

@@ -30,7 +30,7 @@ def encoded(cfg, split):
 def segments(batch, key):
   """Every packed example of a batch, row by row, as a tuple of ids."""
   out = []
-  for ids, seg, pos in zip(batch[key], batch[key + "_segmentation"], batch[key + "_position"]):
+  for ids, seg, pos in zip(batch[key], batch[key + "_segment_ids"], batch[key + "_positions"]):
     for s in range(1, seg.max() + 1):
       where = np.flatnonzero(seg == s)
       assert np.array_equal(pos[where], np.arange(len(where)))  # positions restart at 0
@@ -55,8 +55,8 @@ def assert_same(batches_a, batches_b):
 def test_packed_batches_hold_whole_examples(cfg):
   it = train_iterator(cfg, build_tokenizer(cfg), batch_size=3, seed=0)
   batch = next(it)
-  assert sorted(batch) == sorted(["inputs", "targets", "inputs_segmentation",
-                                  "targets_segmentation", "inputs_position", "targets_position"])
+  assert sorted(batch) == sorted(["inputs", "targets", "inputs_segment_ids",
+                                  "targets_segment_ids", "inputs_positions", "targets_positions"])
   assert all(v.shape == (3, 24) and v.dtype == np.int32 for v in batch.values())
   pairs = list(zip(segments(batch, "inputs"), segments(batch, "targets")))
   assert len(pairs) > 3  # several examples per row
@@ -88,7 +88,7 @@ def test_resume_from_saved_state_mid_epoch_and_across_epochs(cfg, pack):
 def test_unpacked_epochs_are_fresh_permutations(cfg):
   cfg = cfg.replace(pack=False)
   it = train_iterator(cfg, build_tokenizer(cfg), batch_size=1, seed=0)
-  rows = [tuple(b["targets"][0][b["targets_segmentation"][0] == 1].tolist()) for b in take(it, 80)]
+  rows = [tuple(b["targets"][0][b["targets_segment_ids"][0] == 1].tolist()) for b in take(it, 80)]
   expected = collections.Counter(t for _, t in encoded(cfg, "train"))
   assert collections.Counter(rows[:40]) == expected == collections.Counter(rows[40:])
   assert rows[:40] != rows[40:]
@@ -101,7 +101,7 @@ def test_process_shards_are_disjoint_and_cover_the_data(cfg):
   for index in range(3):
     it = train_iterator(cfg, tok, batch_size=1, seed=0, process_index=index, process_count=3)
     size = len(range(index, 40, 3))
-    seen.append([tuple(b["inputs"][0][b["inputs_segmentation"][0] == 1].tolist())
+    seen.append([tuple(b["inputs"][0][b["inputs_segment_ids"][0] == 1].tolist())
                  for b in take(it, size)])
   all_inputs = [s for s, _ in encoded(cfg, "train")]
   # Unshuffled, process i reads examples i, i+3, ...: disjoint, and together all of them.
@@ -114,7 +114,7 @@ def test_long_training_examples_are_dropped_and_counted(cfg, caplog):
   short = collections.Counter(t for s, t in encoded(cfg, "train") if len(s) <= 6)
   with caplog.at_level(logging.INFO):
     batches = take(train_iterator(cfg, tok, batch_size=1, seed=0), sum(short.values()))
-  rows = collections.Counter(tuple(b["targets"][0][b["targets_segmentation"][0] == 1].tolist())
+  rows = collections.Counter(tuple(b["targets"][0][b["targets_segment_ids"][0] == 1].tolist())
                              for b in batches)
   assert rows == short  # one epoch of exactly the examples that fit
   assert "training examples longer than" in caplog.text
@@ -140,17 +140,17 @@ def test_eval_batches_cover_every_example_once_across_processes(cfg):
       for row in np.flatnonzero(batch["valid"]):
         index = int(batch["index"][row])
         assert index not in found
-        found[index] = (tuple(batch["inputs"][row][batch["inputs_segmentation"][row] == 1]),
-                        tuple(batch["targets"][row][batch["targets_segmentation"][row] == 1]))
+        found[index] = (tuple(batch["inputs"][row][batch["inputs_segment_ids"][row] == 1]),
+                        tuple(batch["targets"][row][batch["targets_segment_ids"][row] == 1]))
       assert np.all(batch["index"][~batch["valid"]] == -1)
-      assert np.all(batch["targets_segmentation"][~batch["valid"]] == 0)
+      assert np.all(batch["targets_segment_ids"][~batch["valid"]] == 0)
   assert found == dict(enumerate(expected))
 
 
 def test_eval_keeps_examples_over_the_training_limit_whole(cfg):
   cfg = cfg.replace(max_source_length=4, max_target_length=4)
   batches = eval_batches(cfg, build_tokenizer(cfg), "test", batch_size=32)
-  kept = [tuple(r[s == 1]) for r, s in zip(batches[0]["targets"], batches[0]["targets_segmentation"])]
+  kept = [tuple(r[s == 1]) for r, s in zip(batches[0]["targets"], batches[0]["targets_segment_ids"])]
   assert kept[:11] == [t for _, t in encoded(cfg, "test")]
 
 
@@ -163,7 +163,7 @@ def test_eval_truncation_is_counted(cfg, caplog):
   assert over > 0 and f"truncated {over} of 11 examples to max_eval_length=5" in caplog.text
   assert batch["inputs"].shape == (16, 5) and batch["valid"].sum() == 11
   for row, (source, _) in enumerate(expected):
-    got = tuple(batch["inputs"][row][batch["inputs_segmentation"][row] == 1].tolist())
+    got = tuple(batch["inputs"][row][batch["inputs_segment_ids"][row] == 1].tolist())
     assert got == (source if len(source) <= 5 else source[:4] + (EOS,))
 
 
@@ -174,13 +174,13 @@ def test_language_model_batches(tmp_path):
                    lm_chunk_chars=100, max_target_length=16)
   tok = build_tokenizer(cfg)
   batch = next(train_iterator(cfg, tok, batch_size=2, seed=0))
-  assert sorted(batch) == ["targets", "targets_position", "targets_segmentation"]
+  assert sorted(batch) == ["targets", "targets_positions", "targets_segment_ids"]
   assert batch["targets"].shape == (2, 16)
   docs = [t for _, t in raw_examples(cfg, "validation")]
   tokens = collections.defaultdict(list)
   for b in eval_batches(cfg, tok, "validation", batch_size=4):
     for row in np.flatnonzero(b["valid"]):
-      tokens[int(b["index"][row])] += b["targets"][row][b["targets_segmentation"][row] == 1].tolist()
+      tokens[int(b["index"][row])] += b["targets"][row][b["targets_segment_ids"][row] == 1].tolist()
   # Windows of a document, in order, rebuild it exactly: nothing dropped or truncated.
   assert [tok.decode(tokens[i]) for i in range(len(docs))] == docs
   assert all(tokens[i][-1] == EOS for i in range(len(docs)))

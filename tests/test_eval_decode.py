@@ -28,7 +28,7 @@ def bits():
   # A larger output scale makes an untrained model's outputs vary with its input.
   params = jax.tree.map(lambda x: x * 3.0, params)
   return types.SimpleNamespace(model=model, tokenizer=IdentityTokenizer(VOCAB),
-                               data_cfg=DataConfig(), cache={}, params=params,
+                               data=DataConfig(), cache={}, params=params,
                                settings=types.SimpleNamespace(label_smoothing=0.1))
 
 
@@ -104,11 +104,10 @@ def test_params_in_training_layout_are_one_copy_of_the_params(bits, backend):
   if backend == "pmap":  # the layout after a pmapped step (its sharding differs from placed's)
     placed = jax.pmap(lambda p: p, axis_name="batch")(placed)
     assert jax.tree.leaves(placed)[0].shape[0] == 4
-  loop_run = {"model": bits.model, "dp": dp}
   for layout in (placed, bits.params, jax.tree.map(np.asarray, bits.params)):
-    one = evaluation.device_params(loop_run, layout)
+    one = evaluation.device_params(bits.model, layout)
     for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(bits.params)):
       assert a.shape == b.shape
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   with pytest.raises(ValueError, match="params have 1 arrays; the model has"):
-    evaluation.device_params(loop_run, {"x": np.zeros(3)})
+    evaluation.device_params(bits.model, {"x": np.zeros(3)})

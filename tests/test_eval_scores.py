@@ -54,7 +54,7 @@ def test_scores_are_on_detokenized_hypotheses_and_raw_references(monkeypatch):
   tokenizer = SentencePieceTokenizer(train_sentencepiece(cfg, iter(REFERENCES * 20)))
   bits = types.SimpleNamespace(
       model=types.SimpleNamespace(config=types.SimpleNamespace(max_len=128)),
-      tokenizer=tokenizer, data_cfg=cfg, settings=types.SimpleNamespace(label_smoothing=0.1),
+      tokenizer=tokenizer, data=cfg, settings=types.SimpleNamespace(label_smoothing=0.1),
       cache={})
   sources = ["a man rides a bike", "two dogs play", "a woman reads"]
   oracle = {tuple(tokenizer.encode(s) + [2]): r for s, r in zip(sources, REFERENCES)}
@@ -87,7 +87,7 @@ def test_split_references_are_the_raw_text_not_rebuilt_from_ids(tmp_path, monkey
   tokenizer = data.build_tokenizer(cfg)
   bits = types.SimpleNamespace(
       model=types.SimpleNamespace(config=types.SimpleNamespace(max_len=128)),
-      tokenizer=tokenizer, data_cfg=cfg, settings=types.SimpleNamespace(label_smoothing=0.1),
+      tokenizer=tokenizer, data=cfg, settings=types.SimpleNamespace(label_smoothing=0.1),
       cache={})
   assert evaluation.split_examples(bits, "test") == list(zip(test_en, test_de))
   oracle = {tuple(tokenizer.encode(s) + [2]): tokenizer.encode(t) for s, t in zip(test_en, test_de)}

@@ -17,7 +17,8 @@ import pytest
 import sacrebleu
 
 import train_fixtures as fx
-from transformer import averaging, commands, evaluation, inference, parallel, run_records, train
+from transformer import averaging, commands, evaluation, parallel, run_records, train
+from transformer import run as run_lib
 
 pytestmark = pytest.mark.slow  # end to end: trains a tiny run, runs the tools as commands
 
@@ -31,13 +32,13 @@ def workdir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("run"))
   train.train_and_evaluate(fx.loop_config(data_dir, eval_every_steps=6,
                                           attention_diagnostics=False), path)
-  assert inference.steps_in(inference.checkpoints_dir(path)) == [2, 4, 6]
+  assert run_lib.steps_in(run_lib.checkpoints_dir(path)) == [2, 4, 6]
   return path
 
 
 @pytest.fixture(scope="module")
 def run(workdir):
-  return inference.load_run(workdir)
+  return run_lib.load(workdir)
 
 
 def _tool(name, *args, stdin=""):
@@ -46,7 +47,7 @@ def _tool(name, *args, stdin=""):
 
 
 def _raw_params(workdir, step):
-  """A checkpoint's params read with Orbax directly (not through transformer.inference)."""
+  """A checkpoint's params read with Orbax directly (not through transformer.run)."""
   with ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
                              options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
     tree = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
@@ -70,7 +71,7 @@ def test_average_tool_writes_the_mean_and_leaves_checkpoints_alone(workdir, run)
   assert result.stdout.strip() == (f"{workdir}/averaged/6: wrote the average of the params of "
                                    "steps 2, 4, 6; use --checkpoint=averaged")
   assert _digest(os.path.join(workdir, "checkpoints")) == before
-  params, described = inference.restore_params(run, "averaged")
+  params, described = run_lib.restore_params(run, "averaged")
   assert described == "average of steps 2, 4, 6"
   originals = [_raw_params(workdir, s) for s in (2, 4, 6)]
   expected = jax.tree.map(lambda *x: np.mean(np.stack(x), 0, dtype=np.float64).astype(x[0].dtype),
@@ -83,15 +84,15 @@ def test_average_tool_writes_the_mean_and_leaves_checkpoints_alone(workdir, run)
   # Same request again: kept. Other steps at the same step: refused without --overwrite.
   again = commands.average(workdir, 3, stdout=io.StringIO())
   assert again["existing"] and again["steps"] == [2, 4, 6]
-  with pytest.raises(inference.RunError, match="already holds the average of steps 2, 4, 6; "
+  with pytest.raises(run_lib.RunError, match="already holds the average of steps 2, 4, 6; "
                      "pass --overwrite"):
     averaging.average_last(workdir, 2)
-  with pytest.raises(inference.RunError, match=r"--last=4 but .* holds 3 checkpoint\(s\) "
+  with pytest.raises(run_lib.RunError, match=r"--last=4 but .* holds 3 checkpoint\(s\) "
                      r"\(steps 2, 4, 6\)"):
     averaging.average_last(workdir, 4)
   assert _digest(os.path.join(workdir, "checkpoints")) == before
   # Training the same run further resumes from checkpoints/ as if nothing happened.
-  assert inference.steps_in(inference.checkpoints_dir(workdir)) == [2, 4, 6]
+  assert run_lib.steps_in(run_lib.checkpoints_dir(workdir)) == [2, 4, 6]
 
 
 def test_translate_tool_prints_one_line_per_input_in_order(workdir, run, tmp_path):
@@ -107,7 +108,7 @@ def test_translate_tool_prints_one_line_per_input_in_order(workdir, run, tmp_pat
   hyps = commands.translate(workdir, beam_size=2, stdin=io.StringIO("\n".join(lines)),
                             stdout=out)
   assert printed[:-1] == hyps == out.getvalue().split("\n")[:-1]
-  params, _ = inference.restore_params(run, "6")
+  params, _ = run_lib.restore_params(run, "6")
   assert hyps == evaluation.translate_texts(run, params, lines, beam_size=2)
 
 
@@ -182,14 +183,13 @@ def test_evaluate_split_and_files_score_every_line(workdir, run, tmp_path):
 
 
 def test_bleu_on_split_from_the_training_loop_layout(workdir, run):
-  params, _ = inference.restore_params(run, "latest")
+  params, _ = run_lib.restore_params(run, "latest")
   dp = parallel.DataParallel("pmap")
-  loop_run = {"model": run.model, "tokenizer": run.tokenizer, "data_cfg": run.data_cfg,
-              "settings": run.settings, "dp": dp}
+  loop_run = run_lib.load(workdir)   # a Run of its own: training holds one too
   in_loop = evaluation.bleu_on_split(loop_run, dp.put_replicated(params), "validation", limit=5)
   assert in_loop == evaluation.bleu_on_split(run, params, "validation", limit=5)
   assert in_loop["bleu_lines"] == 5.0 and set(in_loop) == {"bleu", "chrf", "bleu_lines"}
-  assert ("raw", "validation") in loop_run["evaluation_cache"]  # read once, reused
+  assert ("raw", "validation") in loop_run.cache  # read once, reused
   whole = evaluation.bleu_on_split(run, params, "validation", batch_size=5)
   assert whole["bleu_lines"] == len(evaluation.split_examples(run, "validation")) == 16
   json.dumps(in_loop)  # plain floats: ready for metrics.jsonl

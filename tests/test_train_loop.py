@@ -1,6 +1,7 @@
 """The training loop end to end: exact resume after SIGKILL / SIGTERM, corrupt checkpoints,
 the NaN guard and bad input (4 simulated CPU devices, a seconds-long synthetic run)."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import pytest
 
 import train_fixtures as fx
 from transformer import settings, train
+from transformer.config import TransformerConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELPER = os.path.join(ROOT, "tests", "train_subprocess.py")
@@ -140,7 +142,7 @@ def _snapshot(path):
     ({"parallel.backend": "pjit"}, "parallel.backend='pjit' is not one of pmap, shard_map"),
     ({"optim.schedule": "noam"}, "schedule='noam' is not one of"),
     ({"data.dataset": "no_such_dataset"}, "data.dataset='no_such_dataset': Dataset no_such"),
-    ({"model.d_model": 64}, "holds a run with an incompatible config (model.d_model: 32 -> 64)"),
+    ({"model.d_model": 64}, "holds a run of another config (model.d_model: 32 -> 64)"),
 ])
 def test_bad_config_fails_fast_and_leaves_the_workdir_alone(reference, data_dir, tmp_path,
                                                            overrides, message):
@@ -189,40 +191,29 @@ def test_cli_prints_one_line_errors(tmp_path):
   assert not os.path.exists(tmp_path / "w")
 
 
-def test_a_run_recorded_before_flat_moments_resumes_only_with_per_leaf_moments(tmp_path):
-  identity = settings.run_identity(fx.loop_config(str(tmp_path / "tfds"),
-                                                  **{"optim.flat_moments": False}))
-  recorded = json.loads(json.dumps(identity))
-  del recorded["optim"]["flat_moments"]   # what such a workdir's run_config.json holds
-  with open(tmp_path / settings.RUN_CONFIG, "w") as f:
-    json.dump(recorded, f)
-  assert settings.check_workdir(str(tmp_path), identity)
-  identity["optim"]["flat_moments"] = True
-  with pytest.raises(settings.ConfigError, match=r"optim\.flat_moments: False -> True"):
-    settings.check_workdir(str(tmp_path), identity)
-
-
-def test_a_run_recorded_before_the_compile_options_resumes_only_on_their_old_paths(tmp_path):
-  """A run_config.json without model.custom_vjp, model.attention_bias or dropout_rng ran
-  with the reference backward, attention biases and Threefry dropout keys; new defaults
-  must be named before anything runs."""
-  identity = settings.run_identity(fx.loop_config(str(tmp_path / "tfds"), **{
-      "model.custom_vjp": False, "model.attention_bias": True, "dropout_rng": "threefry"}))
-  recorded = json.loads(json.dumps(identity))
-  del recorded["model"]["custom_vjp"], recorded["model"]["attention_bias"]
-  del recorded["dropout_rng"]
-  with open(tmp_path / settings.RUN_CONFIG, "w") as f:
-    json.dump(recorded, f)
-  assert settings.check_workdir(str(tmp_path), identity)
-  changed = json.loads(json.dumps(identity))
-  changed["model"]["custom_vjp"], changed["dropout_rng"] = True, "hash"
-  changed["model"]["attention_bias"] = False
-  with pytest.raises(settings.ConfigError,
-                     match=r"dropout_rng: 'threefry' -> 'hash'; model\.attention_bias: True -> "
-                           r"False; model\.custom_vjp: False -> True"):
-    settings.check_workdir(str(tmp_path), changed)
-
-
-def test_a_bad_dropout_rng_is_a_one_line_config_error(tmp_path):
-  with pytest.raises(settings.ConfigError, match=r"dropout_rng='philox' is not one of threefry, hash"):
-    settings.resolve(fx.loop_config(str(tmp_path), dropout_rng="philox"))
+def test_a_workdir_of_another_config_is_refused_naming_keys_and_commit(tmp_path):
+  """run_config.json holds the fully resolved config; a workdir recorded with another one
+  (here: as an older commit wrote it, with attention biases and a custom_vjp key) is
+  refused in one line naming the keys and the commit, before anything is written."""
+  resolved = settings.resolved_config(*settings.resolve(fx.loop_config(str(tmp_path / "d"))))
+  assert set(resolved["model"]) == {f.name for f in dataclasses.fields(TransformerConfig)}
+  assert set(resolved) >= {f.name for f in dataclasses.fields(settings.Settings)}
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  (workdir / settings.RUN_CONFIG).write_text(json.dumps(resolved))
+  assert settings.check_workdir(str(workdir), resolved)   # the same config resumes
+  old = json.loads(json.dumps(resolved))
+  old["model"].update(attention_bias=True, custom_vjp=False)
+  (workdir / settings.RUN_CONFIG).write_text(json.dumps(old))
+  (workdir / "manifest.json").write_text(json.dumps({"git_commit": "e8d931a"}))
+  with pytest.raises(settings.ConfigError) as e:
+    settings.check_workdir(str(workdir), resolved)
+  message = str(e.value)
+  assert "\n" not in message
+  assert ("model.attention_bias: True -> False; model.custom_vjp: False -> (absent)"
+          in message), message
+  assert "started at git commit e8d931a" in message and "check out that commit" in message
+  (workdir / settings.RUN_CONFIG).write_text(json.dumps(resolved))
+  later = json.loads(json.dumps(resolved))
+  later["num_train_steps"] = 60   # not part of the identity: a run may be extended
+  assert settings.check_workdir(str(workdir), later)

@@ -9,7 +9,6 @@ import functools
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -43,10 +42,8 @@ def tiny_setup(dropout_rate: float = 0.0, lr: float = 3e-3, grad_accum_steps: in
   ocfg = optim.OptimConfig(schedule="warmup_rsqrt", learning_rate=lr, warmup_steps=5,
                            grad_clip_norm=1.0, grad_accum_steps=grad_accum_steps)
   tx, schedule = optim.make_optimizer(ocfg, cfg.d_model, 100)
-  sample = copy_batch(np.random.RandomState(0), 2)
-  params = model.init(jax.random.key(seed), sample["inputs"], sample["targets"])["params"]
-  state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                              opt_state=tx.init(params))
+  state = step_lib.init_state(model, tx, jax.random.key(seed), source_length=12,
+                              target_length=12)
   train_step = step_lib.make_train_step(
       model, tx, lambda s: optim.learning_rate_at(schedule, ocfg, s), label_smoothing=0.1)
   return model, tx, train_step, state

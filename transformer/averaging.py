@@ -16,7 +16,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from transformer import checkpoint, inference
+from transformer import checkpoint
+from transformer import run as run_lib
 
 
 def mean_params(trees: Iterable[Any]) -> Any:
@@ -37,36 +38,36 @@ def mean_params(trees: Iterable[Any]) -> Any:
 def average_last(workdir: str, last: int, *, overwrite: bool = False) -> dict[str, Any]:
   """Averages the newest `last` checkpoints of `workdir`; returns the average's meta.
 
-  Raises inference.RunError (one line, nothing written) for a bad request. An average
+  Raises run.RunError (one line, nothing written) for a bad request. An average
   of the same steps already on disk is kept and its meta returned with 'existing' True.
   """
-  run = inference.load_run(workdir)
-  steps = inference.steps_in(inference.checkpoints_dir(workdir))
+  run = run_lib.load(workdir)
+  steps = run_lib.steps_in(run_lib.checkpoints_dir(workdir))
   if not isinstance(last, int) or last < 1:
-    raise inference.RunError(f"--last={last!r} must be a positive integer")
+    raise run_lib.RunError(f"--last={last!r} must be a positive integer")
   if not steps:
-    raise inference.RunError(f"workdir {workdir} has no checkpoint (checkpoints/ is empty or "
+    raise run_lib.RunError(f"workdir {workdir} has no checkpoint (checkpoints/ is empty or "
                              "missing); train first")
   if len(steps) < last:
-    raise inference.RunError(
+    raise run_lib.RunError(
         f"--last={last} but {workdir} holds {len(steps)} checkpoint(s) (steps "
         f"{', '.join(map(str, steps))}); the config's max_checkpoints_to_keep bounds how many "
         "a run keeps")
   chosen = steps[-last:]
-  directory = inference.averaged_dir(workdir)
-  existing = inference.steps_in(directory)
+  directory = run_lib.averaged_dir(workdir)
+  existing = run_lib.steps_in(directory)
   if chosen[-1] in existing:
-    _, meta = inference.restore_averaged_params(run, chosen[-1])
+    _, meta = run_lib.restore_averaged_params(run, chosen[-1])
     if meta.get("steps") == chosen:
       return {**meta, "existing": True, "path": f"{directory}/{chosen[-1]}"}
     if not overwrite:
-      raise inference.RunError(
+      raise run_lib.RunError(
           f"{directory}/{chosen[-1]} already holds the average of steps "
           f"{', '.join(map(str, meta.get('steps', [])))}; pass --overwrite to replace it")
 
-  averaged = mean_params(inference.host_params(inference.restore_train_params(run, step))
+  averaged = mean_params(run_lib.host_params(run_lib.restore_train_params(run, step))
                          for step in chosen)
-  meta = {"steps": chosen, "checksum": int(checkpoint.tree_checksum(averaged))}
+  meta = {"step": chosen[-1], "steps": chosen, "checksum": int(checkpoint.tree_checksum(averaged))}
 
   options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
   with ocp.CheckpointManager(directory, options=options) as mngr:

@@ -16,6 +16,7 @@ time / ceiling, where the ceiling is
 from __future__ import annotations
 
 import dataclasses
+import functools
 import resource
 import statistics
 import time
@@ -175,22 +176,16 @@ def prepare(config: Any) -> Setup:
   tx, schedule = optim.make_optimizer(optim_cfg, model_cfg.d_model, cfg.num_train_steps)
   lr_fn = lambda s: optim.learning_rate_at(schedule, optim_cfg, s)  # noqa: E731
   dp = parallel.DataParallel(backend)
-  train_step = dp.map_train_step(step_lib.make_train_step(model, tx, lr_fn, cfg.label_smoothing,
-                                                              cfg.dropout_rng))
+  train_step = dp.map_train_step(step_lib.make_train_step(model, tx, lr_fn, cfg.label_smoothing))
   src, tgt = opts["source_length"], opts["target_length"]
   host_batch = synthetic_batch(np.random.default_rng(cfg.seed), cfg.batch_size, src, tgt,
                                model_cfg.output_vocab_size, model_cfg.decoder_only)
   init_key, dropout_key = jax.random.split(jax.random.key(cfg.seed))
-  first_inputs = None if model_cfg.decoder_only else jnp.ones((1, src), jnp.int32)
-
-  def init_state():
-    params = model.init(init_key, first_inputs, jnp.ones((1, tgt), jnp.int32))["params"]
-    return step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                               opt_state=tx.init(params))
-
-  n_params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(init_state).params))
+  init_state = jax.jit(functools.partial(step_lib.init_state, model, tx, source_length=src,
+                                         target_length=tgt))
+  n_params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(init_state, init_key).params))
   return Setup(model_cfg=model_cfg, dp=dp, train_step=train_step,
-               state=dp.put_replicated(jax.jit(init_state)()), batch=dp.put_batch(host_batch),
+               state=dp.put_replicated(init_state(init_key)), batch=dp.put_batch(host_batch),
                rng=np.asarray(jax.random.key_data(dropout_key)), parameters=int(n_params),
                batch_size=cfg.batch_size, options=opts)
 

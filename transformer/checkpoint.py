@@ -3,7 +3,7 @@
 One checkpoint step holds three items (CheckpointManager's `args` API):
   state  ocp.args.StandardSave   {'train': TrainState, 'rng': uint32 key data}
   data   grain.checkpoint.CheckpointSave   the Grain iterator's state, one file per process
-  meta   ocp.args.JsonSave       step, checksum of `state`, the run's config fingerprint
+  meta   ocp.args.JsonSave       step and the checksum of `state`
 
 Orbax writes into a temporary directory and renames it when complete, so a save
 cut short (SIGKILL) leaves no step behind. A step that is complete but unreadable
@@ -66,26 +66,14 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
-  def save(self, step: int, state: Any, rng: Any, iterator: Any, meta: dict[str, Any]) -> None:
+  def save(self, step: int, state: Any, rng: Any, iterator: Any) -> None:
     """Starts saving (asynchronously); `state` holds global, replicated arrays."""
     checksum = int(tree_checksum({"train": state, "rng": rng}))
     args = {"state": ocp.args.StandardSave({"train": state, "rng": rng}),
-            "meta": ocp.args.JsonSave({**meta, "step": int(step), "checksum": checksum})}
+            "meta": ocp.args.JsonSave({"step": int(step), "checksum": checksum})}
     if iterator is not None:
       args["data"] = grain.checkpoint.CheckpointSave(iterator)
     self.manager.save(step, args=ocp.args.Composite(**args), force=True)
-
-  def _restore_step(self, step: int, abstract_state: Any, iterator: Any) -> tuple[Any, Any, dict]:
-    meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    args = {"state": ocp.args.StandardRestore(abstract_state)}
-    if iterator is not None:
-      args["data"] = grain.checkpoint.CheckpointRestore(iterator)
-    restored = self.manager.restore(step, args=ocp.args.Composite(**args))
-    tree = restored["state"]
-    checksum = int(tree_checksum(tree))
-    if checksum != meta.get("checksum") or int(meta.get("step", -1)) != step:
-      raise CorruptCheckpointError(f"checksum {checksum} != recorded {meta.get('checksum')}")
-    return tree["train"], tree["rng"], meta
 
   def restore_latest(self, abstract_state: Any, iterator: Any,
                      on_fallback: Callable[[str], None] = logging.warning
@@ -97,8 +85,8 @@ class Checkpointer:
     """
     for step in reversed(self.all_steps()):
       try:
-        train, rng, meta = self._restore_step(step, abstract_state, iterator)
-        return step, train, rng, meta
+        tree, meta = restore_verified(self.manager, step, "state", abstract_state, iterator)
+        return step, tree["train"], tree["rng"], meta
       except Exception as e:  # noqa: BLE001  (any failure to read means: do not trust it)
         reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         older = [s for s in self.all_steps() if s < step]
@@ -127,11 +115,20 @@ class Checkpointer:
     self.manager.close()
 
 
-def read_meta(workdir: str, step: int) -> dict[str, Any]:
-  """The `meta` item of one step, without building a manager (for tests and tools)."""
-  with ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                             options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
-    return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+def restore_verified(manager: ocp.CheckpointManager, step: int, item: str, target: Any,
+                     iterator: Any = None) -> tuple[Any, dict[str, Any]]:
+  """(tree, meta) of item `item` of a step, restored into `target` (ShapeDtypeStructs with
+  shardings), and the Grain iterator's position if one is given. Raises
+  CorruptCheckpointError when the content does not match the checksum recorded in `meta`."""
+  args = {item: ocp.args.StandardRestore(target), "meta": ocp.args.JsonRestore()}
+  if iterator is not None:
+    args["data"] = grain.checkpoint.CheckpointRestore(iterator)
+  restored = manager.restore(step, args=ocp.args.Composite(**args))
+  tree, meta = restored[item], dict(restored["meta"])
+  checksum = int(tree_checksum(tree))
+  if checksum != meta.get("checksum") or int(meta.get("step", -1)) != step:
+    raise CorruptCheckpointError(f"checksum {checksum} != recorded {meta.get('checksum')}")
+  return tree, meta
 
 
 def host_copy(tree: Any) -> Any:

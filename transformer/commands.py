@@ -8,32 +8,19 @@ workdir except `average`, which writes only WORKDIR/averaged/.
 
 from __future__ import annotations
 
-import logging as py_logging
 import os
 import sys
 from typing import IO, Any
 
 from absl import logging
 
-from transformer import averaging, evaluation, inference, run_records
+from transformer import averaging, evaluation, run_records
+from transformer import run as run_lib
 from transformer.data import text_files
 
 
 class UsageError(ValueError):
   """Bad flags or input; the message is one line."""
-
-
-class _Chatter(py_logging.Filter):
-  """Drops warnings that are noise for these tools (TFDS custom configs, read-only Orbax)."""
-  _NOISE = ("Using custom data configuration", "Given directory is read only")
-
-  def filter(self, record: py_logging.LogRecord) -> bool:
-    return not any(n in str(record.msg) for n in self._NOISE)
-
-
-def quiet_logs() -> None:
-  run_records.quiet_library_logs()
-  logging.get_absl_handler().addFilter(_Chatter())
 
 
 def _lines(text: str) -> list[str]:
@@ -78,11 +65,12 @@ def translate(workdir: str, *, input_path: str | None = None, beam_size: int = 4
               stdin: IO[str] | None = None, stdout: IO[str] | None = None) -> list[str]:
   """Prints one translation per input line, in order; returns them."""
   _check_decoding(beam_size, alpha, batch_size)
-  run = inference.load_run(workdir)
-  inference.check_checkpoint(run, checkpoint)
+  run = run_lib.load(workdir)
+  run.check_translation()
+  run_lib.check_checkpoint(run, checkpoint)
   lines = read_input(input_path, stdin or sys.stdin)
   sources = evaluation.encode_sources(run, lines)  # over-long lines fail here, before compiling
-  params, described = inference.restore_params(run, checkpoint)
+  params, described = run_lib.restore_params(run, checkpoint)
   logging.info("translating %d lines (%s) with the %s params of %s", len(lines), run.direction,
                described, workdir)
   outputs = evaluation.translate_ids(run, params, sources, beam_size=beam_size, alpha=alpha,
@@ -96,7 +84,7 @@ def translate(workdir: str, *, input_path: str | None = None, beam_size: int = 4
   return hypotheses
 
 
-def _pairs(run: inference.Run, split: str | None, source: str | None, reference: str | None,
+def _pairs(run: run_lib.Run, split: str | None, source: str | None, reference: str | None,
            limit: int) -> tuple[list[tuple[str, str]], str]:
   if bool(split) == bool(source or reference):
     raise UsageError("give either --split or both --source and --reference")
@@ -105,7 +93,7 @@ def _pairs(run: inference.Run, split: str | None, source: str | None, reference:
       pairs = evaluation.split_examples(run, split, limit)
     except ValueError as e:
       raise UsageError(str(e).splitlines()[0]) from None
-    return pairs, f"split {split!r} of {run.data_cfg.dataset}"
+    return pairs, f"split {split!r} of {run.data.dataset}"
   if not (source and reference):
     raise UsageError("--source and --reference go together")
   for flag, path in (("--source", source), ("--reference", reference)):
@@ -125,10 +113,11 @@ def evaluate(workdir: str, *, split: str | None = None, source: str | None = Non
   if output and any(output and os.path.exists(p) and os.path.samefile(output, p)
                     for p in (source, reference) if p):
     raise UsageError(f"--output={output!r} would overwrite an input file")
-  run = inference.load_run(workdir)
-  inference.check_checkpoint(run, checkpoint)
+  run = run_lib.load(workdir)
+  run.check_translation()
+  run_lib.check_checkpoint(run, checkpoint)
   pairs, what = _pairs(run, split, source, reference, limit)
-  params, described = inference.restore_params(run, checkpoint)
+  params, described = run_lib.restore_params(run, checkpoint)
   scores, hypotheses = evaluation.score_pairs(run, params, pairs, beam_size=beam_size,
                                               alpha=alpha, batch_size=batch_size)
   assert len(hypotheses) == len(pairs) == scores["lines"]
@@ -172,7 +161,7 @@ def average(workdir: str, last: int, *, overwrite: bool = False,
 
 def run_tool(fn, *args: Any, **kwargs: Any) -> Any:
   """Runs a command for an entry point: a bad input becomes `error: ...` and exit status 1."""
-  quiet_logs()
+  run_records.quiet_library_logs()
   try:
     return fn(*args, **kwargs)
   except (ValueError, OSError) as e:

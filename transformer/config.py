@@ -12,12 +12,13 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from transformer.attention import IMPLEMENTATIONS, parse_scale
+from transformer.attention import IMPLEMENTATIONS, ScalePolicy, parse_scale
 
 NORM_POSITIONS = ("post", "pre")
 POSITIONAL_ENCODINGS = ("sinusoidal", "learned")
 ACTIVATIONS = ("relu", "gelu")
 DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION_KINDS = ("encoder_self", "decoder_self", "cross")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +36,7 @@ class TransformerConfig:
   ffn_dropout_rate: float = 0.0      # after the FFN's inner activation
   norm_position: str = "post"        # 'post' = LayerNorm(x + Sublayer(x)), the paper
   layer_norm_epsilon: float = 1e-6
-  attention_scale: str = "inv_sqrt_dk"
+  attention_scale: str = "inv_sqrt_dk"  # a policy of transformer.attention, for every kind
   # Per-kind overrides of attention_scale (None: use attention_scale).
   encoder_self_attention_scale: str | None = None
   decoder_self_attention_scale: str | None = None
@@ -45,16 +46,10 @@ class TransformerConfig:
   activation: str = "relu"
   share_embeddings: bool = True      # encoder input, decoder input and pre-softmax (§3.4)
   # Biases on the attention projections W^Q, W^K, W^V, W^O. §3.2.2 writes them as matrices
-  # only, as tensor2tensor and Flax's WMT example build them (False); True is flax's default
-  # and the layout of the runs recorded before the option existed.
-  attention_bias: bool = True
+  # only, as tensor2tensor and Flax's WMT example build them.
+  attention_bias: bool = False
   scan_layers: bool = False          # nn.scan over blocks: compile one block, stacked weights
   remat: bool = False                # recompute block activations in the backward pass
-  # Hand-written backward passes for LayerNorm and the attention softmax: far fewer ops for
-  # XLA to compile. Values and gradients agree with JAX's to float rounding (LayerNorm's
-  # variance is two-pass here, flax's one-pass). False: JAX differentiates
-  # flax.linen.LayerNorm and jax.nn.softmax (bit for bit the older runs).
-  custom_vjp: bool = False
   max_len: int = 512                 # longest position the learned encoding covers
   dtype: str = "float32"             # activations / matmul inputs
   param_dtype: str = "float32"
@@ -91,7 +86,7 @@ class TransformerConfig:
                                ("param_dtype", self.param_dtype, DTYPES)):
       if value not in valid:
         problems.append(f"{name}={value!r} is not one of {', '.join(valid)}")
-    for name in ("custom_vjp", "attention_bias"):
+    for name in ("attention_bias", "share_embeddings", "scan_layers", "remat"):
       if not isinstance(getattr(self, name), bool):
         problems.append(f"{name}={getattr(self, name)!r} must be True or False")
     if self.positional_encoding == "sinusoidal" and isinstance(self.d_model, int) \
@@ -100,16 +95,19 @@ class TransformerConfig:
     if self.share_embeddings and self.target_vocab_size not in (None, self.vocab_size):
       problems.append(f"share_embeddings needs one vocabulary, got vocab_size={self.vocab_size} "
                       f"and target_vocab_size={self.target_vocab_size}")
+    # The scale policies, parsed here once: the attention layers read them from here.
+    policies = {}
+    for kind in ATTENTION_KINDS:
+      name = f"{kind}_attention_scale"
+      if getattr(self, name) is None:
+        name = "attention_scale"
+      try:
+        policies[kind] = parse_scale(getattr(self, name))
+      except ValueError as e:
+        problems.append(f"{name}: {e}")
     if problems:
       raise ValueError("invalid TransformerConfig: " + "; ".join(problems))
-    for name in ("attention_scale", "encoder_self_attention_scale",
-                 "decoder_self_attention_scale", "cross_attention_scale"):
-      value = getattr(self, name)
-      if value is not None:
-        try:
-          parse_scale(value)
-        except ValueError as e:
-          raise ValueError(f"invalid TransformerConfig: {name}: {e}") from None
+    object.__setattr__(self, "_scale_policies", policies)  # derived, not a field
 
   # Derived values.
   @property
@@ -132,12 +130,9 @@ class TransformerConfig:
   def weights_dtype(self):
     return jnp.dtype(self.param_dtype)
 
-  def scale_for(self, kind: str) -> str:
-    """The scale policy of 'encoder_self', 'decoder_self' or 'cross' attention."""
-    override = {"encoder_self": self.encoder_self_attention_scale,
-                "decoder_self": self.decoder_self_attention_scale,
-                "cross": self.cross_attention_scale}[kind]
-    return self.attention_scale if override is None else override
+  def scale_policy(self, kind: str) -> ScalePolicy:
+    """The parsed scale policy of 'encoder_self', 'decoder_self' or 'cross' attention."""
+    return self._scale_policies[kind]
 
   def replace(self, **changes: Any) -> "TransformerConfig":
     return dataclasses.replace(self, **changes)

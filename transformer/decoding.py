@@ -45,14 +45,14 @@ def model_step_fn(model: Transformer, params, inputs_BS: Array | None, batch_siz
   rows = batch_size * repeat
   dummy = jnp.zeros((rows, max_length), jnp.int32)
   _, state = model.apply(variables, memory, memory_seg, dummy,
-                         targets_segmentation=jnp.ones_like(dummy), decode=True,
+                         targets_segment_ids=jnp.ones_like(dummy), decode=True,
                          mutable=["cache"], method=Transformer.decode)
 
   def step_fn(tokens_N, position, cache):
     tokens_N1 = tokens_N[:, None]
     logits, new_state = model.apply(
         {"params": params, "cache": cache}, memory, memory_seg, tokens_N1,
-        targets_segmentation=jnp.ones_like(tokens_N1),
+        targets_segment_ids=jnp.ones_like(tokens_N1),
         targets_positions=jnp.full_like(tokens_N1, position), decode=True,
         mutable=["cache"], method=Transformer.decode)
     return jax.nn.log_softmax(logits[:, 0].astype(jnp.float32)), new_state["cache"]

@@ -21,6 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from transformer import step
+from transformer.model import model_inputs
+
 SATURATION_THRESHOLD = 0.99
 
 
@@ -73,13 +76,8 @@ def _short(name: str) -> str:
 
 
 def _apply_probe(model, params, batch: Mapping[str, Array]):
-  _, state = model.apply(
-      {"params": params}, batch.get("inputs"), batch["targets"],
-      inputs_segmentation=batch.get("inputs_segmentation"),
-      targets_segmentation=batch.get("targets_segmentation"),
-      inputs_positions=batch.get("inputs_position"),
-      targets_positions=batch.get("targets_position"),
-      deterministic=True, mutable=["intermediates"])
+  _, state = model.apply({"params": params}, **model_inputs(batch), deterministic=True,
+                         mutable=["intermediates"])
   return [(_short(name), w, l) for name, w, l in _attention_layers(state["intermediates"])]
 
 
@@ -148,21 +146,12 @@ class Probe:
   """
 
   def __init__(self, model, batch: Mapping[str, np.ndarray], rows: int = 4):
-    keys = ("inputs", "targets", "inputs_segmentation", "targets_segmentation",
-            "inputs_position", "targets_position")
-    self.batch = {k: jnp.asarray(batch[k][:rows]) for k in keys if k in batch}
+    self.batch = {k: jnp.asarray(v[:rows]) for k, v in model_inputs(batch).items()
+                  if v is not None}
 
     def loss_fn(params):
-      b = self.batch
-      logits = model.apply({"params": params}, b.get("inputs"), b["targets"],
-                           inputs_segmentation=b.get("inputs_segmentation"),
-                           targets_segmentation=b.get("targets_segmentation"),
-                           inputs_positions=b.get("inputs_position"),
-                           targets_positions=b.get("targets_position"))
-      weights = (b["targets"] != model.config.pad_id).astype(jnp.float32)
-      nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), self.batch["targets"][..., None],
-                                 axis=-1)[..., 0]
-      return jnp.sum(nll * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+      sums = step.loss_sums(model, params, self.batch, label_smoothing=0.0)
+      return sums["nll_sum"] / jnp.maximum(sums["token_count"], 1.0)
 
     def run(params):
       layers = _apply_probe(model, params, self.batch)

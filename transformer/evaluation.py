@@ -5,10 +5,9 @@ against the dataset's raw reference text (`data.raw_examples`), never against re
 rebuilt from token ids, and reported with sacreBLEU's signature. (The paper's §6.1 BLEU is
 tokenized BLEU; sacreBLEU's detokenized 13a BLEU is the comparable modern figure.)
 
-Every function takes `bits`: a loaded run (`inference.Run`) or the `run` dict that
-`transformer.train.train_and_evaluate` builds, whose params may still be in the training
-layout (replicated over devices); a split's raw text is cached on it, and compiled
-decoders are cached per model config for the whole process. Translation is batched
+Every function takes the `transformer.run.Run` (training's or a loaded one) and params in
+any layout (training's are replicated over devices); a split's raw text is cached on the
+run, and compiled decoders are cached per model config for the whole process. Translation is batched
 (sorted by length) and returns one output per input, in input order; output length is
 capped at the source length + 50 (§6.1) and at model.max_len.
 """
@@ -17,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -26,24 +25,16 @@ import numpy as np
 from absl import logging
 from sacrebleu.metrics import BLEU, CHRF
 
-from transformer import data, decoding, losses
+from transformer import data, decoding, losses, step
 from transformer.config import TransformerConfig
 from transformer.model import Transformer
+from transformer.run import Run
 
 EXTRA_OUTPUT_TOKENS = 50  # §6.1: maximum output length = input length + 50
 
 
 class InputTooLong(ValueError):
   """A source line the model cannot take; names the line, its length and the limit."""
-
-
-def _parts(bits: Any) -> tuple[Any, Any, data.DataConfig, float, dict, Any]:
-  """(model, tokenizer, data config, label smoothing, cache, DataParallel or None)."""
-  if isinstance(bits, Mapping):  # train.py's run dict
-    cache = bits.setdefault("evaluation_cache", {}) if isinstance(bits, dict) else {}
-    return (bits["model"], bits["tokenizer"], bits["data_cfg"],
-            bits["settings"].label_smoothing, cache, bits.get("dp"))
-  return bits.model, bits.tokenizer, bits.data_cfg, bits.settings.label_smoothing, bits.cache, None
 
 
 @functools.lru_cache(maxsize=16)
@@ -54,11 +45,10 @@ def _param_shapes(model_cfg: TransformerConfig) -> list[tuple[int, ...]]:
   return [x.shape for x in jax.tree.leaves(abstract)]
 
 
-def device_params(bits: Any, params: Any) -> Any:
+def device_params(model: Transformer, params: Any) -> Any:
   """One copy of params from any layout: host, one device, replicated over a mesh, or
   pmap-stacked (a leading device axis, what train.py's state holds under pmap). The layout
   is told by comparing shapes with the model's, as shardings differ before and after a step."""
-  model = bits["model"] if isinstance(bits, Mapping) else bits.model
   expected = _param_shapes(model.config)
   leaves, treedef = jax.tree.flatten(params)
   if len(leaves) != len(expected):
@@ -96,17 +86,11 @@ def _target_lang(cfg: data.DataConfig) -> str | None:
 
 # Translation.
 
-def source_limit(model: Any) -> int:
-  """The longest source (tokens, with EOS) the model takes: its positions' max_len."""
-  return model.config.max_len
-
-
-def encode_sources(bits: Any, texts: Sequence[str], *, truncate: bool = False
+def encode_sources(run: Run, texts: Sequence[str], *, truncate: bool = False
                    ) -> list[np.ndarray]:
   """Ids + EOS of each line; an over-long line raises InputTooLong (or, with truncate,
   keeps its first max_len - 1 tokens and EOS, counted in a warning)."""
-  model, tokenizer = _parts(bits)[:2]
-  limit = source_limit(model)
+  tokenizer, limit = run.tokenizer, run.model.config.max_len  # positions the model covers
   out, cut = [], 0
   for number, text in enumerate(texts, start=1):
     ids = np.asarray(list(tokenizer.encode(text)) + [tokenizer.eos_id], np.int32)
@@ -133,7 +117,7 @@ def _decoder(model_cfg: TransformerConfig, max_length: int, beam_size: int, alph
       model, p, x, beam_size=beam_size, alpha=alpha, max_length=max_length)[0][:, 0])
 
 
-def translate_ids(bits: Any, params: Any, sources: Sequence[np.ndarray], *, beam_size: int = 1,
+def translate_ids(run: Run, params: Any, sources: Sequence[np.ndarray], *, beam_size: int = 1,
                   alpha: float = 0.6, batch_size: int = 32) -> list[np.ndarray]:
   """Output ids (up to, without, EOS) for each source (ids + EOS), in input order.
 
@@ -146,10 +130,9 @@ def translate_ids(bits: Any, params: Any, sources: Sequence[np.ndarray], *, beam
   """
   if beam_size < 1 or batch_size < 1:
     raise ValueError(f"beam_size={beam_size} and batch_size={batch_size} must be >= 1")
-  model = _parts(bits)[0]
-  params = device_params(bits, params)
-  cfg = model.config
-  limit = source_limit(model)
+  params = device_params(run.model, params)
+  cfg = run.model.config
+  limit = cfg.max_len
   batch_size = min(batch_size, max(len(sources), 1))
   order = sorted(range(len(sources)), key=lambda i: -len(sources[i]))
   results: list[np.ndarray | None] = [None] * len(sources)
@@ -172,51 +155,50 @@ def translate_ids(bits: Any, params: Any, sources: Sequence[np.ndarray], *, beam
   return results  # type: ignore[return-value]
 
 
-def translate_texts(bits: Any, params: Any, texts: Sequence[str], *, beam_size: int = 1,
+def translate_texts(run: Run, params: Any, texts: Sequence[str], *, beam_size: int = 1,
                     alpha: float = 0.6, batch_size: int = 32, truncate: bool = False
                     ) -> list[str]:
   """Detokenized translations of text lines, one per line, in order."""
-  tokenizer = _parts(bits)[1]
-  sources = encode_sources(bits, texts, truncate=truncate)
-  outputs = translate_ids(bits, params, sources, beam_size=beam_size, alpha=alpha,
+  tokenizer = run.tokenizer
+  sources = encode_sources(run, texts, truncate=truncate)
+  outputs = translate_ids(run, params, sources, beam_size=beam_size, alpha=alpha,
                           batch_size=batch_size)
   hypotheses = [tokenizer.decode(ids.tolist()) for ids in outputs]
   assert len(hypotheses) == len(texts), (len(hypotheses), len(texts))
   return hypotheses
 
 
-def split_examples(bits: Any, split: str, limit: int = 0) -> list[tuple[str, str]]:
+def split_examples(run: Run, split: str, limit: int = 0) -> list[tuple[str, str]]:
   """The split's raw (source, reference) texts, the first `limit` of them if limit > 0."""
-  _, _, cfg, _, cache, _ = _parts(bits)
   key = ("raw", split)
-  if key not in cache:
-    cache[key] = data.raw_examples(cfg, split)
-  return cache[key][:limit] if limit > 0 else cache[key]
+  if key not in run.cache:
+    run.cache[key] = data.raw_examples(run.data, split)
+  return run.cache[key][:limit] if limit > 0 else run.cache[key]
 
 
-def score_pairs(bits: Any, params: Any, pairs: Sequence[tuple[str, str]], *, beam_size: int = 1,
+def score_pairs(run: Run, params: Any, pairs: Sequence[tuple[str, str]], *, beam_size: int = 1,
                 alpha: float = 0.6, batch_size: int = 32) -> tuple[dict[str, Any], list[str]]:
   """(BLEU/chrF scores, hypotheses) of translating each source against its reference."""
-  hypotheses = translate_texts(bits, params, [s for s, _ in pairs], beam_size=beam_size,
+  hypotheses = translate_texts(run, params, [s for s, _ in pairs], beam_size=beam_size,
                                alpha=alpha, batch_size=batch_size, truncate=True)
   references = [t for _, t in pairs]
   assert len(hypotheses) == len(references), (len(hypotheses), len(references))
-  scores = corpus_scores(hypotheses, references, target_lang=_target_lang(_parts(bits)[2]))
+  scores = corpus_scores(hypotheses, references, target_lang=_target_lang(run.data))
   return scores, hypotheses
 
 
-def bleu_on_split(bits: Any, params: Any, split: str, *, limit: int = 0, beam_size: int = 1,
+def bleu_on_split(run: Run, params: Any, split: str, *, limit: int = 0, beam_size: int = 1,
                   alpha: float = 0.6, batch_size: int = 64) -> dict[str, float]:
   """{'bleu', 'chrf', 'bleu_lines'} on the first `limit` examples of a split (0: all).
 
   For periodic evaluation in training: the subset is fixed, its raw text is cached on
-  `bits`, the decoders compile once per process (one per batch width), and greedy
+  the run, the decoders compile once per process (one per batch width), and greedy
   decoding (beam_size=1) keeps it cheap. Every process decodes the whole subset, so all
   of them return the same numbers.
   """
-  scores, _ = score_pairs(bits, params, split_examples(bits, split, limit),
+  scores, _ = score_pairs(run, params, split_examples(run, split, limit),
                           beam_size=beam_size, alpha=alpha, batch_size=batch_size)
-  cache = _parts(bits)[4]
+  cache = run.cache
   if not cache.get("logged_signature"):
     logging.info("BLEU on %s: %s; chrF: %s", split, scores["bleu_signature"],
                  scores["chrf_signature"])
@@ -227,26 +209,19 @@ def bleu_on_split(bits: Any, params: Any, split: str, *, limit: int = 0, beam_si
 # Perplexity.
 
 @functools.lru_cache(maxsize=16)
-def _nll_sums(model_cfg: TransformerConfig, label_smoothing: float):
-  model = Transformer(model_cfg)
-
-  def sums(params, inputs, targets, valid):
-    weights = (targets != model_cfg.pad_id).astype(jnp.float32) * valid[:, None]
-    logits = model.apply({"params": params}, inputs, targets, deterministic=True)
-    return losses.batch_metric_sums(logits, targets, weights, weights.astype(jnp.int32),
-                                    label_smoothing)
-  return jax.jit(sums)
+def _loss_sums(model_cfg: TransformerConfig, label_smoothing: float):
+  return jax.jit(functools.partial(step.loss_sums, Transformer(model_cfg),
+                                   label_smoothing=label_smoothing))
 
 
-def perplexity(bits: Any, params: Any, pairs: Sequence[tuple[str, str]], *,
+def perplexity(run: Run, params: Any, pairs: Sequence[tuple[str, str]], *,
                batch_size: int = 64) -> dict[str, float]:
   """Teacher-forced loss, nll, perplexity (exp of the unsmoothed per-token nll), accuracy
   and token count of (source, reference) pairs; over-long pairs are truncated to max_len."""
-  model, _, _, label_smoothing, _, _ = _parts(bits)
-  params = device_params(bits, params)
-  sources = encode_sources(bits, [s for s, _ in pairs], truncate=True)
-  targets = encode_sources(bits, [t for _, t in pairs], truncate=True)
-  fn = _nll_sums(model.config, float(label_smoothing))
+  params = device_params(run.model, params)
+  sources = encode_sources(run, [s for s, _ in pairs], truncate=True)
+  targets = encode_sources(run, [t for _, t in pairs], truncate=True)
+  fn = _loss_sums(run.model.config, float(run.settings.label_smoothing))
   order = sorted(range(len(pairs)), key=lambda i: -len(targets[i]))
   total: dict[str, float] = {}
   for start in range(0, len(order), batch_size):
@@ -259,8 +234,8 @@ def perplexity(bits: Any, params: Any, pairs: Sequence[tuple[str, str]], *,
     for r, i in enumerate(rows + [rows[0]] * (batch_size - len(rows))):
       arrays["inputs"][r, :len(sources[i])] = sources[i]
       arrays["targets"][r, :len(targets[i])] = targets[i]
-    valid = (np.arange(batch_size) < len(rows)).astype(np.float32)
-    sums = fn(params, arrays["inputs"], arrays["targets"], valid)
+    arrays["valid"] = np.arange(batch_size) < len(rows)
+    sums = fn(params, arrays)
     for k, v in sums.items():
       total[k] = total.get(k, 0.0) + float(v)
   assert total.get("sequence_count", 0) == len(pairs), (total.get("sequence_count"), len(pairs))

@@ -6,16 +6,14 @@ M d_model, F d_ff, V vocabulary.
 
 from __future__ import annotations
 
-import functools
 import math
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import Array
 
-from transformer.attention import attention_logits, dot_product_attention, parse_scale
+from transformer.attention import dot_product_attention
 from transformer.config import TransformerConfig
 
 
@@ -24,7 +22,7 @@ class MultiHeadAttention(nn.Module):
 
   `kind` ('encoder_self', 'decoder_self' or 'cross') picks the scale policy from the config.
   When the 'intermediates' collection is mutable, the float32 attention weights and
-  logits (NaN where masked) are sown as 'attention_weights' and 'attention_logits'
+  scaled logits (NaN where masked) are sown as 'attention_weights' and 'attention_logits'
   [B, H, T, S] (diagnostics and pictures; `transformer.diagnostics`).
 
   decode=True is incremental decoding with the 'cache' collection. The first such call
@@ -46,7 +44,7 @@ class MultiHeadAttention(nn.Module):
       return nn.DenseGeneral(features=(H, D), use_bias=cfg.attention_bias,
                              dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype, name=name)
 
-    policy = parse_scale(cfg.scale_for(self.kind))
+    policy = cfg.scale_policy(self.kind)
     normalize = _l2_normalize if policy.kind == "qk_norm" else (lambda x: x)
     q_BTHD = normalize(dense("query")(x_q_BTM))
     if decode and self.kind == "cross" and self.has_variable("cache", "cached_key"):
@@ -72,21 +70,16 @@ class MultiHeadAttention(nn.Module):
       scale = policy.static_scale(D)
 
     use_dropout = cfg.attention_dropout_rate > 0.0 and not deterministic
-    want_weights = (self.is_mutable_collection("intermediates")
-                    and cfg.attention_implementation == "reference")
+    sow = (self.is_mutable_collection("intermediates")
+           and cfg.attention_implementation == "reference")
     out = dot_product_attention(
-        q_BTHD, k_BSHD, v_BSHD, mask=mask, scale=scale, logit_softcap=policy.softcap,
+        q_BTHD, k_BSHD, v_BSHD, scale=scale, mask=mask, softcap=policy.softcap,
         dropout_rate=cfg.attention_dropout_rate,
         dropout_rng=self.make_rng("dropout") if use_dropout else None,
-        deterministic=deterministic, return_weights=want_weights,
-        implementation=cfg.attention_implementation, custom_vjp=cfg.custom_vjp)
-    if want_weights:
-      out, weights_BHTS = out
+        implementation=cfg.attention_implementation, return_intermediates=sow)
+    if sow:  # for the diagnostics and pictures of the scale ablation
+      out, logits_BHTS, weights_BHTS = out
       self.sow("intermediates", "attention_weights", weights_BHTS)
-      # The scaled logits too, NaN where masked, for the diagnostics of the scale ablation.
-      logits_BHTS = attention_logits(q_BTHD, k_BSHD, scale, policy.softcap)
-      if mask is not None:
-        logits_BHTS = jnp.where(jnp.broadcast_to(mask, logits_BHTS.shape), logits_BHTS, jnp.nan)
       self.sow("intermediates", "attention_logits", logits_BHTS)
     return nn.DenseGeneral(features=cfg.d_model, axis=(-2, -1), use_bias=cfg.attention_bias,
                            dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
@@ -116,71 +109,10 @@ def _l2_normalize(x: Array, eps: float = 1e-6) -> Array:
   return (x32 * jax.lax.rsqrt(jnp.sum(x32 * x32, axis=-1, keepdims=True) + eps)).astype(x.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def layer_norm(x: Array, scale: Array, bias: Array, epsilon: float) -> Array:
-  """LayerNorm over the last axis: (x - mean) / sqrt(var + epsilon) * scale + bias.
-
-  Statistics and arithmetic in float32 (two-pass variance), output in x's dtype. The
-  backward pass is written out (custom_vjp) instead of derived by JAX:
-    dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),  g = dy * scale,
-  which XLA compiles to fewer, simpler fusions; it keeps x, mean and rstd, not xhat.
-  """
-  return _layer_norm_fwd(x, scale, bias, epsilon)[0]
-
-
-def _layer_norm_fwd(x, scale, bias, epsilon):
-  x32 = x.astype(jnp.float32)
-  mean = jnp.mean(x32, axis=-1, keepdims=True)
-  centred = x32 - mean
-  rstd = jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + epsilon)
-  y = centred * rstd * _last_axis(scale, x.ndim) + _last_axis(bias, x.ndim)
-  return y.astype(x.dtype), (x, mean, rstd, scale, bias)
-
-
-def _last_axis(v: Array, ndim: int) -> Array:
-  """A [M] parameter as float32 [1, ..., 1, M] (explicit broadcasting)."""
-  return v.astype(jnp.float32).reshape((1,) * (ndim - 1) + v.shape)
-
-
-def _layer_norm_bwd(epsilon, residuals, dy):
-  del epsilon
-  x, mean, rstd, scale, bias = residuals
-  dy32 = dy.astype(jnp.float32)
-  xhat = (x.astype(jnp.float32) - mean) * rstd
-  g = dy32 * _last_axis(scale, dy.ndim)
-  dx = rstd * (g - jnp.mean(g, axis=-1, keepdims=True)
-               - xhat * jnp.mean(g * xhat, axis=-1, keepdims=True))
-  leading = tuple(range(dy.ndim - 1))
-  return (dx.astype(x.dtype), jnp.sum(dy32 * xhat, axis=leading).astype(scale.dtype),
-          jnp.sum(dy32, axis=leading).astype(bias.dtype))
-
-
-layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
-
-
-class CustomVJPLayerNorm(nn.Module):
-  """`layer_norm` with flax.linen.LayerNorm's parameters ('scale' ones, 'bias' zeros, [M])
-  and constructor, so either implementation reads the other's checkpoints. Flax computes
-  the variance in one pass (E[x^2] - E[x]^2), this in two: equal to float rounding, and
-  more accurate when |mean| >> std."""
-  epsilon: float = 1e-6
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    features = (x.shape[-1],)
-    scale = self.param("scale", nn.initializers.ones, features, self.param_dtype)
-    bias = self.param("bias", nn.initializers.zeros, features, self.param_dtype)
-    dtype = self.dtype or jnp.promote_types(x.dtype, jnp.float32)
-    return layer_norm(x.astype(dtype), scale, bias, self.epsilon)
-
-
-def make_layer_norm(cfg: TransformerConfig, name: str) -> nn.Module:
-  """flax.linen.LayerNorm, or with config.custom_vjp `layer_norm`'s written-out backward."""
-  cls = CustomVJPLayerNorm if cfg.custom_vjp else nn.LayerNorm
-  return cls(epsilon=cfg.layer_norm_epsilon, dtype=cfg.compute_dtype,
-             param_dtype=cfg.weights_dtype, name=name)
+def layer_norm(cfg: TransformerConfig, name: str) -> nn.LayerNorm:
+  """flax's LayerNorm with the config's epsilon and dtypes (statistics in float32)."""
+  return nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=cfg.compute_dtype,
+                      param_dtype=cfg.weights_dtype, name=name)
 
 
 class FeedForward(nn.Module):

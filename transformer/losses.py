@@ -33,11 +33,11 @@ def smoothed_cross_entropy(logits_BTV: Array, targets_BT: Array,
   return optax.softmax_cross_entropy(logits_BTV.astype(jnp.float32), labels_BTV)
 
 
-def target_weights(targets_BT: Array, targets_segmentation_BT: Array | None = None,
+def target_weights(targets_BT: Array, segment_ids_BT: Array | None = None,
                    pad_id: int = 0) -> Array:
   """1.0 on real target tokens, 0.0 on padding (segment id 0, or pad_id without segments)."""
-  if targets_segmentation_BT is not None:
-    return (targets_segmentation_BT != 0).astype(jnp.float32)
+  if segment_ids_BT is not None:
+    return (segment_ids_BT != 0).astype(jnp.float32)
   return (targets_BT != pad_id).astype(jnp.float32)
 
 

@@ -15,13 +15,6 @@ import jax.numpy as jnp
 from jax import Array
 
 
-def padding_mask(q_ids: Array, kv_ids: Array, pad_id: int = 0) -> Array:
-  """[B, T] and [B, S] token ids -> [B, 1, T, S]: both positions are real tokens."""
-  q_ok_BT = q_ids != pad_id
-  kv_ok_BS = kv_ids != pad_id
-  return (q_ok_BT[:, None, :, None] & kv_ok_BS[:, None, None, :])
-
-
 def causal_mask(length: int) -> Array:
   """[1, 1, T, T]: query t attends keys 0..t (the decoder's masking, §3.2.3)."""
   idx = jnp.arange(length)

@@ -17,7 +17,7 @@ from jax import Array
 
 from transformer.config import TransformerConfig
 from transformer.layers import (Embedding, FeedForward, MultiHeadAttention, PositionalEncoding,
-                                make_layer_norm)
+                                layer_norm)
 from transformer.masks import (causal_mask, combine_masks, positions_from_segments,
                                segment_mask, segments_from_ids)
 
@@ -33,7 +33,7 @@ class SublayerConnection(nn.Module):
   @nn.compact
   def __call__(self, x: Array, sublayer: Callable[[Array], Array], deterministic: bool) -> Array:
     cfg = self.config
-    norm = make_layer_norm(cfg, "norm")
+    norm = layer_norm(cfg, "norm")
     drop = nn.Dropout(cfg.dropout_rate)
     if cfg.norm_position == "pre":
       return x + drop(sublayer(norm(x)), deterministic=deterministic)
@@ -165,8 +165,8 @@ class Transformer(nn.Module):
     self.decoder = LayerStack(cfg, "decoder", name="decoder")
     if cfg.norm_position == "pre":  # pre-LN stacks need a final normalisation
       if not cfg.decoder_only:
-        self.encoder_norm = make_layer_norm(cfg, "encoder_norm")
-      self.decoder_norm = make_layer_norm(cfg, "decoder_norm")
+        self.encoder_norm = layer_norm(cfg, "encoder_norm")
+      self.decoder_norm = layer_norm(cfg, "decoder_norm")
 
   def _segments_positions(self, ids, segments, positions):
     if segments is None:
@@ -175,12 +175,12 @@ class Transformer(nn.Module):
       positions = positions_from_segments(segments)
     return segments, positions
 
-  def encode(self, inputs_BS: Array, inputs_segmentation: Array | None = None,
+  def encode(self, inputs_BS: Array, inputs_segment_ids: Array | None = None,
              inputs_positions: Array | None = None, deterministic: bool = True) -> Array:
     cfg = self.config
     if cfg.decoder_only:
       raise ValueError("encode() called on a decoder-only model (num_encoder_layers=0)")
-    segments, positions = self._segments_positions(inputs_BS, inputs_segmentation,
+    segments, positions = self._segments_positions(inputs_BS, inputs_segment_ids,
                                                    inputs_positions)
     x_BSM = self.source_positions(self.source_embed(inputs_BS), positions)
     x_BSM = self.dropout(x_BSM, deterministic=deterministic)
@@ -194,8 +194,8 @@ class Transformer(nn.Module):
     """Embedded, position-encoded decoder inputs [B, T, M] (before dropout)."""
     return self.target_positions(self.target_embed(decoder_inputs_BT), targets_positions)
 
-  def decode_embedded(self, y_BTM: Array, targets_segmentation: Array,
-                      memory_BSM: Array | None = None, memory_segmentation: Array | None = None,
+  def decode_embedded(self, y_BTM: Array, targets_segment_ids: Array,
+                      memory_BSM: Array | None = None, memory_segment_ids: Array | None = None,
                       deterministic: bool = True, decode: bool = False) -> Array:
     """The decoder stack and output projection over embedded inputs: logits [B, T, V].
 
@@ -203,11 +203,11 @@ class Transformer(nn.Module):
     """
     cfg = self.config
     y_BTM = self.dropout(y_BTM, deterministic=deterministic)
-    self_mask = combine_masks(segment_mask(targets_segmentation, targets_segmentation),
+    self_mask = combine_masks(segment_mask(targets_segment_ids, targets_segment_ids),
                               causal_mask(y_BTM.shape[1]))
     cross_mask = None
     if memory_BSM is not None:
-      cross_mask = segment_mask(targets_segmentation, memory_segmentation)
+      cross_mask = segment_mask(targets_segment_ids, memory_segment_ids)
     y_BTM = self.decoder(y_BTM, self_mask, memory_BSM, cross_mask, deterministic=deterministic,
                          decode=decode)
     if cfg.norm_position == "pre":
@@ -218,8 +218,8 @@ class Transformer(nn.Module):
       logits_BTV = self.logits_dense(y_BTM)
     return logits_BTV.astype(jnp.float32)  # the loss's softmax runs in float32
 
-  def decode(self, memory_BSM: Array | None, memory_segmentation: Array | None,
-             decoder_inputs_BT: Array, targets_segmentation: Array | None = None,
+  def decode(self, memory_BSM: Array | None, memory_segment_ids: Array | None,
+             decoder_inputs_BT: Array, targets_segment_ids: Array | None = None,
              targets_positions: Array | None = None, deterministic: bool = True,
              decode: bool = False) -> Array:
     """Decoder input ids [B, T] (already shifted: BOS first) -> logits [B, T, V].
@@ -229,29 +229,43 @@ class Transformer(nn.Module):
     """
     if (memory_BSM is None) != self.config.decoder_only:
       raise ValueError("decode() needs a memory exactly when the model has an encoder")
-    segments, positions = self._segments_positions(decoder_inputs_BT, targets_segmentation,
+    segments, positions = self._segments_positions(decoder_inputs_BT, targets_segment_ids,
                                                    targets_positions)
     y_BTM = self.embed_targets(decoder_inputs_BT, positions)
-    return self.decode_embedded(y_BTM, segments, memory_BSM, memory_segmentation, deterministic,
+    return self.decode_embedded(y_BTM, segments, memory_BSM, memory_segment_ids, deterministic,
                                 decode)
 
-  def __call__(self, inputs_BS: Array | None, targets_BT: Array,
-               inputs_segmentation: Array | None = None,
-               targets_segmentation: Array | None = None,
+  def __call__(self, inputs: Array | None, targets: Array, *,
+               inputs_segment_ids: Array | None = None,
+               targets_segment_ids: Array | None = None,
                inputs_positions: Array | None = None,
                targets_positions: Array | None = None,
                deterministic: bool = True) -> Array:
-    """Teacher-forced logits [B, T, V]: position t predicts targets[:, t]."""
+    """Teacher-forced logits [B, T, V]: position t predicts targets[:, t].
+
+    The keyword names are the data pipeline's batch keys: `model.apply(variables,
+    **model_inputs(batch))`.
+    """
     cfg = self.config
-    tgt_segments, tgt_positions = self._segments_positions(targets_BT, targets_segmentation,
+    tgt_segments, tgt_positions = self._segments_positions(targets, targets_segment_ids,
                                                            targets_positions)
-    decoder_inputs_BT = shift_right(targets_BT, tgt_segments, cfg.bos_id, cfg.pad_id)
+    decoder_inputs_BT = shift_right(targets, tgt_segments, cfg.bos_id, cfg.pad_id)
     memory_BSM = src_segments = None
     if not cfg.decoder_only:
-      if inputs_BS is None:
+      if inputs is None:
         raise ValueError("an encoder-decoder model needs inputs")
-      src_segments, src_positions = self._segments_positions(inputs_BS, inputs_segmentation,
+      src_segments, src_positions = self._segments_positions(inputs, inputs_segment_ids,
                                                              inputs_positions)
-      memory_BSM = self.encode(inputs_BS, src_segments, src_positions, deterministic)
+      memory_BSM = self.encode(inputs, src_segments, src_positions, deterministic)
     return self.decode(memory_BSM, src_segments, decoder_inputs_BT, tgt_segments, tgt_positions,
                        deterministic)
+
+
+MODEL_INPUTS = ("inputs", "targets", "inputs_segment_ids", "targets_segment_ids",
+                "inputs_positions", "targets_positions")
+
+
+def model_inputs(batch) -> dict:
+  """The model's keyword arguments from a batch (other keys, such as `valid`, stay out)."""
+  return {"inputs": batch.get("inputs"),
+          **{k: batch[k] for k in MODEL_INPUTS[1:] if k in batch}}

@@ -37,10 +37,6 @@ class OptimConfig:
   weight_decay: float = 0.0        # decoupled (AdamW); matrices only, never biases or norms
   grad_clip_norm: float = 0.0      # clip by global norm; 0 disables
   grad_accum_steps: int = 1        # micro-batches per update (optax.MultiSteps)
-  # Adam's moments as one flat vector each (optax.flatten): the same updates, less to compile.
-  # The experiment configs turn it on; False here so that a run recorded before the option
-  # existed (its config lacks the key) rebuilds the per-leaf state its checkpoints hold.
-  flat_moments: bool = False
 
   def __post_init__(self):
     problems = []
@@ -61,8 +57,6 @@ class OptimConfig:
     for name in ("eps", "weight_decay", "grad_clip_norm", "end_learning_rate"):
       if getattr(self, name) < 0:
         problems.append(f"{name}={getattr(self, name)!r} must be >= 0")
-    if not isinstance(self.flat_moments, bool):
-      problems.append(f"flat_moments={self.flat_moments!r} must be True or False")
     if not isinstance(self.grad_accum_steps, int) or self.grad_accum_steps < 1:
       problems.append(f"grad_accum_steps={self.grad_accum_steps!r} must be an integer >= 1")
     if problems:
@@ -115,25 +109,9 @@ def make_optimizer(cfg: OptimConfig, d_model: int,
   num_updates = max(num_train_steps // cfg.grad_accum_steps, 1)
   schedule = make_schedule(cfg, d_model, num_updates)
   clip = [optax.clip_by_global_norm(cfg.grad_clip_norm)] if cfg.grad_clip_norm else []
-  if cfg.flat_moments:
-    # optax.adam / optax.adamw spelled out, so that everything up to the learning rate (the
-    # weight-decay mask needs parameter names) runs on one flat vector (optax.flatten): the
-    # moments are two arrays, not two per parameter, the NaN guard touches two arrays, and
-    # XLA compiles far fewer fusions. Elementwise, so the updates agree.
-    moments = optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
-    rate = optax.scale_by_learning_rate(schedule)
-    if cfg.weight_decay:   # decoupled (AdamW), on matrices only
-      tx = optax.chain(optax.flatten(optax.chain(*clip, moments)),
-                       optax.add_decayed_weights(cfg.weight_decay, mask=_decay_mask), rate)
-    else:
-      tx = optax.flatten(optax.chain(*clip, moments, rate))
-  else:  # the state layout of runs recorded before flat_moments existed: keep it as it was
-    if cfg.weight_decay:
-      adam = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                         weight_decay=cfg.weight_decay, mask=_decay_mask)
-    else:
-      adam = optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
-    tx = optax.chain(*clip, adam)
+  # AdamW is Adam when weight_decay is 0 (it adds 0 * params): one optimizer, not two.
+  tx = optax.chain(*clip, optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                                      weight_decay=cfg.weight_decay, mask=_decay_mask))
   if cfg.grad_accum_steps > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=cfg.grad_accum_steps).gradient_transformation()
   return tx, schedule

@@ -74,16 +74,30 @@ class MetricsWriter:
 
 
 class _LibraryNoise:
-  """A logging filter: INFO lines from Orbax and Grain internals drown the progress lines."""
+  """A logging filter for Orbax, Grain and TFDS records: their INFO lines drown the progress
+  lines, and a few of their warnings report what is normal here, often many times a run."""
+  _LIBRARIES = ("/orbax/", "/grain/", "/tensorflow_datasets/")
+  _EXPECTED = (  # format strings, as the libraries pass them to `logging.warning`
+      "Using custom data configuration",  # TFDS: every project dataset is a custom config
+      "Variant folder %s has no %s",  # TFDS: asked whether data not yet prepared is prepared
+      "Given directory is read only",  # Orbax: checkpoints opened read-only, to evaluate
+  )
 
   def filter(self, record) -> bool:
-    return record.levelno >= 30 or not any(
-        part in record.pathname for part in ("/orbax/", "/grain/", "/tensorflow_datasets/"))
+    if not any(part in record.pathname for part in self._LIBRARIES):
+      return True
+    return record.levelno >= 30 and not str(record.msg).startswith(self._EXPECTED)
 
 
 def quiet_library_logs() -> None:
+  """One line per event in a run's log: drops library chatter (`_LibraryNoise`) and TFDS's
+  progress bars, which, written to a file, leave a fragment per update."""
+  import tensorflow_datasets as tfds  # noqa: PLC0415
   from absl import logging as absl_logging  # noqa: PLC0415
-  absl_logging.get_absl_handler().addFilter(_LibraryNoise())
+  handler = absl_logging.get_absl_handler()
+  if not any(isinstance(f, _LibraryNoise) for f in handler.filters):
+    handler.addFilter(_LibraryNoise())
+  tfds.display_progress_bar(False)
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:

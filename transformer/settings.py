@@ -13,14 +13,18 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import ml_collections
 
 from transformer import parallel
-from transformer import rng as rng_lib
 from transformer.config import TransformerConfig
 from transformer.data import DataConfig
 from transformer.optim import OptimConfig
 
-RUN_CONFIG = "run_config.json"  # what a workdir's run was started with
+RUN_CONFIG = "run_config.json"  # the fully resolved config a workdir's run started with
+# The keys that shape the checkpoint and the numbers: a workdir resumes only when they agree.
+# The others (step count, logging, evaluation and checkpoint intervals) may change.
+IDENTITY_KEYS = ("model", "data", "optim", "batch_size", "seed", "label_smoothing",
+                 "process_count")
 
 
 class ConfigError(ValueError):
@@ -29,14 +33,14 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-  """The experiment config's top level (comments in experiments/configs/default.py)."""
-  seed: int = 0
-  num_train_steps: int = 1000
+  """The experiment config's top level; `default_config()` lists every key with its default."""
+  seed: int = 0                      # parameters, dropout keys and data order
+  num_train_steps: int = 1000        # train_step calls (micro-batches under accumulation)
   batch_size: int = 64               # global rows per step, over all devices and hosts
   label_smoothing: float = 0.1       # epsilon_ls of §5.4
-  log_every_steps: int = 50
-  eval_every_steps: int = 500
-  checkpoint_every_steps: int = 500
+  log_every_steps: int = 50          # metrics.jsonl / TensorBoard / progress line
+  eval_every_steps: int = 500        # teacher-forced metrics on data.eval_split
+  checkpoint_every_steps: int = 500  # also at the end and on SIGTERM
   max_checkpoints_to_keep: int = 3
   async_checkpointing: bool = True
   num_eval_batches: int = 0          # 0: the whole eval split
@@ -44,11 +48,26 @@ class Settings:
   decode_examples: int = 3           # greedy outputs printed beside their targets
   attention_diagnostics: bool = True  # per-layer/head attention statistics at each evaluation
   bleu_eval_examples: int = 0        # >0: greedy BLEU/chrF on this many eval examples per eval
-  dropout_rng: str = "threefry"      # the dropout keys' PRNG (transformer.rng.DROPOUT_RNGS)
-  model: Any = None                  # raw mapping; vocab_size 0 = the tokenizer's
-  data: Any = None
-  optim: Any = None
-  parallel: Any = None
+  model: Any = None                  # TransformerConfig fields; vocab_size 0 = the tokenizer's
+  data: Any = None                   # DataConfig fields
+  optim: Any = None                  # OptimConfig fields
+  parallel: Any = None               # {'backend': 'pmap' or 'shard_map'}
+
+
+def _defaults(cls) -> dict[str, Any]:
+  return {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING
+                   else f.default) for f in dataclasses.fields(cls)
+          if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every config key at its default, the base every experiment config starts from, so that
+  a config states only what differs and any key can be overridden from the command line."""
+  top = {k: v for k, v in _defaults(Settings).items() if v is not None}
+  return ml_collections.ConfigDict({
+      **top, "model": {"vocab_size": 0, **_defaults(TransformerConfig)},
+      "data": _defaults(DataConfig), "optim": _defaults(OptimConfig),
+      "parallel": {"backend": "pmap"}})
 
 
 def _raw(config: Any) -> dict[str, Any]:
@@ -75,10 +94,6 @@ def resolve(config: Any) -> tuple[Settings, DataConfig, OptimConfig, str]:
     value = getattr(settings, name)
     if not isinstance(value, int) or value <= 0:
       problems.append(f"{name}={value!r} must be a positive integer")
-  try:
-    rng_lib.check_name(settings.dropout_rng)
-  except ValueError as e:
-    problems.append(str(e))
   if not 0.0 <= settings.label_smoothing < 1.0:
     problems.append(f"label_smoothing={settings.label_smoothing!r} must be in [0, 1)")
   parallel_raw = dict(settings.parallel or {})
@@ -108,56 +123,59 @@ def model_config(settings: Settings, vocab_size: int | None) -> TransformerConfi
   return TransformerConfig.from_mapping(values)
 
 
-def run_identity(config: Any) -> dict[str, Any]:
-  """What must not change within one workdir: it shapes the checkpoint and the numbers."""
-  raw = _raw(config)
-  identity = {k: raw.get(k) for k in _IDENTITY_KEYS}
-  identity["process_count"] = jax.process_count()  # each process checkpoints its iterator
-  return _with_defaults(json.loads(json.dumps(identity)))
+def resolved_config(settings: Settings, data_cfg: DataConfig, optim_cfg: OptimConfig,
+                    backend: str) -> dict[str, Any]:
+  """What `resolve` returned as JSON-able values: every key, defaults filled in, paths
+  absolute (what run_config.json records)."""
+  model = dataclasses.asdict(model_config(settings, vocab_size=None))
+  model["vocab_size"] = (settings.model or {}).get("vocab_size") or 0  # 0: the tokenizer's
+  top = {f.name: getattr(settings, f.name) for f in dataclasses.fields(Settings)}
+  top.update(model=model, data=dataclasses.asdict(data_cfg),
+             optim=dataclasses.asdict(optim_cfg), parallel={"backend": backend},
+             process_count=jax.process_count())  # each process checkpoints its iterator
+  return json.loads(json.dumps(top))
 
 
-_IDENTITY_KEYS = ("model", "data", "optim", "batch_size", "seed", "label_smoothing",
-                  "dropout_rng")
-
-
-def _field_defaults(cls) -> dict[str, Any]:
-  return {f.name: f.default for f in dataclasses.fields(cls)
-          if f.default is not dataclasses.MISSING}
-
-
-def _with_defaults(identity: dict[str, Any]) -> dict[str, Any]:
-  """A missing key means its dataclass default, in a new config as in a recorded one: a
-  run recorded before a key existed says nothing of it (optim.flat_moments,
-  model.custom_vjp, dropout_rng), and ran as that default does."""
-  identity = dict(identity)
-  for key, cls in (("optim", OptimConfig), ("model", TransformerConfig)):
-    if isinstance(identity.get(key), dict):
-      identity[key] = {**_field_defaults(cls), **identity[key]}
-  if identity.get("dropout_rng") is None:
-    identity["dropout_rng"] = Settings.dropout_rng
-  return identity
-
-
-def identity_differences(recorded: Mapping[str, Any], identity: Mapping[str, Any]) -> str:
-  """'key: old -> new; ...' for the (first four) differences between a recorded identity
-  and this one; '' when they agree."""
-  diffs = _differences(_with_defaults(dict(recorded)), dict(identity))
+def differences(recorded: Mapping[str, Any], config: Mapping[str, Any],
+                keys: tuple[str, ...] = IDENTITY_KEYS) -> str:
+  """'key: old -> new; ...' (the first four) where two resolved configs differ on `keys`."""
+  diffs = []
+  for key in keys:
+    diffs += _differences(recorded.get(key, _ABSENT), config.get(key, _ABSENT), f"{key}.")
   return "; ".join(diffs[:4]) + ("; ..." if len(diffs) > 4 else "")
 
 
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+class _Absent:
+  def __repr__(self) -> str:
+    return "(absent)"
+
+
+_ABSENT = _Absent()
+
+
+def _differences(old: Any, new: Any, prefix: str) -> list[str]:
   if isinstance(old, Mapping) and isinstance(new, Mapping):
     out = []
     for key in sorted(set(old) | set(new)):
-      out += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+      out += _differences(old.get(key, _ABSENT), new.get(key, _ABSENT), f"{prefix}{key}.")
     return out
   return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
 
 
-def check_workdir(workdir: str, identity: Mapping[str, Any]) -> bool:
-  """Raises ConfigError for an unwritable workdir or one holding a different run.
+def recorded_commit(workdir: str) -> str:
+  """The git commit that started the run in `workdir` (from manifest.json), or 'unknown'."""
+  try:
+    with open(os.path.join(workdir, "manifest.json")) as f:
+      return json.load(f).get("git_commit") or "unknown"
+  except (OSError, ValueError):
+    return "unknown"
 
-  Returns whether the workdir already holds this run. Writes nothing but a probe file.
+
+def check_workdir(workdir: str, config: Mapping[str, Any]) -> bool:
+  """Raises ConfigError for an unwritable workdir or one holding a run of another config.
+
+  `config` is `resolved_config(...)`. Returns whether the workdir already holds this run.
+  Writes nothing but a probe file.
   """
   if not workdir:
     raise ConfigError("--workdir is required")
@@ -171,10 +189,11 @@ def check_workdir(workdir: str, identity: Mapping[str, Any]) -> bool:
         old = json.load(f)
     except (OSError, ValueError) as e:
       raise ConfigError(f"workdir {workdir!r}: cannot read {RUN_CONFIG} ({e})") from None
-    diffs = identity_differences(old, identity)
+    diffs = differences(old, config)
     if diffs:
-      raise ConfigError(f"workdir {workdir!r} holds a run with an incompatible config ({diffs}); "
-                        f"use a new --workdir or the same config")
+      raise ConfigError(
+          f"workdir {workdir!r} holds a run of another config ({diffs}), started at git commit "
+          f"{recorded_commit(path)}: use a new --workdir, or check out that commit to continue it")
   # The nearest existing ancestor must let us create and write files.
   probe_dir = path
   while not os.path.exists(probe_dir):
@@ -184,11 +203,11 @@ def check_workdir(workdir: str, identity: Mapping[str, Any]) -> bool:
   return os.path.exists(record)
 
 
-def record_identity(workdir: str, identity: Mapping[str, Any]) -> None:
+def record_config(workdir: str, config: Mapping[str, Any]) -> None:
   """Written once, when a run starts in an empty workdir (process 0)."""
   record = os.path.join(os.path.abspath(workdir), RUN_CONFIG)
   if jax.process_index() == 0 and not os.path.exists(record):
     os.makedirs(os.path.dirname(record), exist_ok=True)
     with open(record + ".tmp", "w") as f:
-      json.dump(dict(identity), f, indent=2)
+      json.dump(dict(config), f, indent=2)
     os.replace(record + ".tmp", record)

@@ -22,16 +22,10 @@ import optax
 from jax import Array, lax
 
 from transformer import losses
-from transformer import rng as rng_lib
+from transformer.model import model_inputs
 
 AXIS = "batch"
 Batch = Mapping[str, Array]
-
-# The data pipeline's names for the model's keyword arguments.
-_MODEL_KWARGS = {"inputs_segmentation": "inputs_segmentation",
-                 "targets_segmentation": "targets_segmentation",
-                 "inputs_position": "inputs_positions", "inputs_positions": "inputs_positions",
-                 "targets_position": "targets_positions", "targets_positions": "targets_positions"}
 
 
 @flax.struct.dataclass
@@ -42,55 +36,55 @@ class TrainState:
   opt_state: Any
 
 
-def model_kwargs(batch: Batch) -> dict[str, Array]:
-  return {_MODEL_KWARGS[k]: v for k, v in batch.items() if k in _MODEL_KWARGS}
+def init_state(model: nn.Module, tx: optax.GradientTransformation, key: Array, *,
+               source_length: int, target_length: int) -> TrainState:
+  """Step 0: fresh parameters and optimizer state. Under `jax.eval_shape` it is the
+  abstract state a checkpoint restores into (the shapes do not depend on the lengths)."""
+  targets = jnp.ones((1, target_length), jnp.int32)
+  inputs = None if model.config.decoder_only else jnp.ones((1, source_length), jnp.int32)
+  params = model.init(key, inputs, targets)["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-def step_dropout_key(rng: Array, step: Array, dropout_rng: str = "threefry") -> Array:
+def loss_sums(model: nn.Module, params: Any, batch: Batch, label_smoothing: float,
+              dropout_key: Array | None = None) -> dict[str, Array]:
+  """The teacher-forced metric sums of a batch (`losses.batch_metric_sums`); rows whose
+  `valid` is False count 0. With a dropout key the model runs in training mode."""
+  targets_BT = batch["targets"]
+  segments_BT = batch.get("targets_segment_ids")
+  weights_BT = losses.target_weights(targets_BT, segments_BT)
+  if "valid" in batch:
+    weights_BT = weights_BT * batch["valid"].astype(jnp.float32)[:, None]
+  logits_BTV = model.apply({"params": params}, **model_inputs(batch),
+                           deterministic=dropout_key is None,
+                           rngs=None if dropout_key is None else {"dropout": dropout_key})
+  return losses.batch_metric_sums(logits_BTV, targets_BT, weights_BT, segments_BT,
+                                  label_smoothing)
+
+
+def step_dropout_key(rng: Array, step: Array) -> Array:
   """A key unique to (step, global device index): no two devices or steps share a key.
 
-  rng: the run's uint32[2] key data (or a typed key); dropout_rng: its PRNG
-  implementation (`transformer.rng`).
+  rng: the run's key data (uint32, JAX's default PRNG implementation) or a typed key.
   """
-  key = rng_lib.dropout_key(rng, dropout_rng) if rng.dtype == jnp.uint32 else rng
+  key = jax.random.wrap_key_data(rng) if rng.dtype == jnp.uint32 else rng
   return jax.random.fold_in(jax.random.fold_in(key, step), lax.axis_index(AXIS))
 
 
-def _global_norm(tree: Any) -> Array:
-  """The gradient's global L2 norm, over all leaves raveled into one vector.
-
-  The same concatenation as optax.flatten's, so with flat Adam moments XLA computes it
-  once for both (one reduction instead of one per leaf: less to compile).
-  """
-  flat = jnp.concatenate([jnp.reshape(leaf, [-1]) for leaf in jax.tree.leaves(tree)])
-  return jnp.sqrt(jnp.sum(jnp.square(flat.astype(jnp.float32))))
-
-
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    learning_rate_fn: Callable[[Array], Array],
-                    label_smoothing: float, dropout_rng: str = "threefry"
+                    learning_rate_fn: Callable[[Array], Array], label_smoothing: float
                     ) -> Callable[[TrainState, Batch, Array], tuple[TrainState, dict[str, Array]]]:
-  """train_step(state, batch, rng) -> (state, metrics); rng is the run's base key data.
-
-  dropout_rng: the PRNG implementation of the dropout keys (`transformer.rng`).
-  """
-  rng_lib.check_name(dropout_rng)  # a bad name fails here, not inside the trace
+  """train_step(state, batch, rng) -> (state, metrics); rng is the run's base key data."""
 
   def train_step(state: TrainState, batch: Batch, rng: Array):
-    targets_BT = batch["targets"]
-    segments_BT = batch.get("targets_segmentation")
-    weights_BT = losses.target_weights(targets_BT, segments_BT)
+    weights_BT = losses.target_weights(batch["targets"], batch.get("targets_segment_ids"))
     # The global token count is data, not a function of params: no gradient flows through it.
     global_tokens = jnp.maximum(lax.psum(weights_BT.sum(), AXIS), 1.0)
     num_devices = lax.psum(1, AXIS)
-    dropout_key = step_dropout_key(rng, state.step, dropout_rng)
+    dropout_key = step_dropout_key(rng, state.step)
 
     def loss_fn(params):
-      logits_BTV = model.apply({"params": params}, batch.get("inputs"), targets_BT,
-                               **model_kwargs(batch), deterministic=False,
-                               rngs={"dropout": dropout_key})
-      sums = losses.batch_metric_sums(logits_BTV, targets_BT, weights_BT, segments_BT,
-                                      label_smoothing)
+      sums = loss_sums(model, params, batch, label_smoothing, dropout_key)
       # Scaled so that the pmean of the per-device gradients is the gradient of the
       # global per-token mean loss.
       return sums["loss_sum"] * num_devices / global_tokens, sums
@@ -100,7 +94,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     sums = lax.psum(sums, AXIS)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    grad_norm = _global_norm(grads)
+    grad_norm = optax.global_norm(grads)
     # The NaN guard: a non-finite loss or gradient leaves params and optimizer state as
     # they were, so bad numbers never reach a checkpoint; the loop stops on the flag.
     finite = jnp.isfinite(sums["loss_sum"]) & jnp.isfinite(grad_norm)
@@ -120,15 +114,6 @@ def make_eval_step(model: nn.Module, label_smoothing: float
   """eval_step(params, batch) -> metric sums over all devices; rows with valid=False count 0."""
 
   def eval_step(params: Any, batch: Batch):
-    targets_BT = batch["targets"]
-    segments_BT = batch.get("targets_segmentation")
-    weights_BT = losses.target_weights(targets_BT, segments_BT)
-    if "valid" in batch:
-      weights_BT = weights_BT * batch["valid"].astype(jnp.float32)[:, None]
-    logits_BTV = model.apply({"params": params}, batch.get("inputs"), targets_BT,
-                             **model_kwargs(batch), deterministic=True)
-    sums = losses.batch_metric_sums(logits_BTV, targets_BT, weights_BT, segments_BT,
-                                    label_smoothing)
-    return lax.psum(sums, AXIS)
+    return lax.psum(loss_sums(model, params, batch, label_smoothing), AXIS)
 
   return eval_step

@@ -75,16 +75,16 @@ def _write_json(path: str, value: Any) -> None:
 
 def run_one(config: ml_collections.ConfigDict, run_dir: str,
             train_fn: Callable[[Any, str], Any]) -> dict[str, Any]:
-  """Trains one run unless it already ended; returns its status record."""
-  identity = settings.run_identity(config)
+  """Trains one run unless it already ended; returns its status record.
+
+  A run directory is reused only if its recorded config agrees with `config` (the check
+  training makes on resume: `settings.check_workdir`).
+  """
   status_path = os.path.join(run_dir, STATUS_FILE)
   if os.path.exists(status_path):
+    settings.check_workdir(run_dir, settings.resolved_config(*settings.resolve(config)))
     with open(status_path) as f:
       status = json.load(f)
-    diffs = settings.identity_differences(status.get("identity") or {}, identity)
-    if diffs:
-      raise ValueError(f"{run_dir} holds a run with another config ({diffs}); "
-                       "use a new --workdir or delete that run directory")
     logging.info("reusing %s (%s)", run_dir, status["status"])
     return status
   os.makedirs(run_dir, exist_ok=True)
@@ -101,7 +101,6 @@ def run_one(config: ml_collections.ConfigDict, run_dir: str,
   except Exception as e:  # noqa: BLE001  (a failed run is recorded, never silently dropped)
     logging.error("run %s failed:\n%s", run_dir, traceback.format_exc())
     status = {"status": "failed", "message": f"{type(e).__name__}: {e}"}
-  status["identity"] = identity
   _write_json(status_path, status)
   return status
 

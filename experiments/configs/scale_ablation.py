@@ -43,9 +43,4 @@ def get_config(variant: str = "large_dk"):
   config.data.max_target_length = 16
   config.optim.learning_rate = 1e-3
   config.optim.warmup_steps = 50
-  # The code paths the recorded study ran with (BUILD_NOTES), so that it reproduces exactly.
-  config.optim.flat_moments = False
-  config.model.custom_vjp = False
-  config.model.attention_bias = True
-  config.dropout_rng = "threefry"       # no dropout here, but the recorded runs' identity
   return config

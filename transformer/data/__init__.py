@@ -15,7 +15,7 @@ Public interface:
   `decode(ids) -> str`, `vocab_size`, `pad_id`=0, `bos_id`=1, `eos_id`=2.
 - `train_iterator(cfg, tokenizer, *, batch_size, seed, process_index=0, process_count=1)`
   (pipeline.py) -> `grain.DatasetIterator` of packed (if `cfg.pack`) batches with keys
-  inputs, targets, {inputs,targets}_segmentation, {inputs,targets}_position; endless,
+  inputs, targets, {inputs,targets}_segment_ids, {inputs,targets}_positions; endless,
   reshuffled each epoch; `get_state()` / `set_state()` resume exactly.
 - `eval_batches(cfg, tokenizer, split, *, batch_size, process_index=0, process_count=1)`
   -> list of padded, unpacked batches with the same keys plus `valid` (bool [B]) and

@@ -17,6 +17,7 @@ import re
 import tensorflow_datasets as tfds
 
 from transformer.data import text_files
+from transformer.data.synthetic import ArrayRecordBuilder
 
 
 @dataclasses.dataclass
@@ -64,7 +65,7 @@ def documents(text: str, chunk_chars: int) -> list[str]:
   return docs
 
 
-class LmText(tfds.core.GeneratorBasedBuilder):
+class LmText(ArrayRecordBuilder):
   """A local corpus for language modelling (no download)."""
   VERSION = tfds.core.Version("1.0.0")
   BUILDER_CONFIGS = [LmTextConfig(name="default")]

@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from transformer.data import text_files
+from transformer.data.synthetic import ArrayRecordBuilder
 
 
 @dataclasses.dataclass
@@ -54,7 +55,7 @@ def parallel_text_config(path: str, split_files: dict[str, str], source_lang: st
                             files=files, train_split=train_split)
 
 
-class ParallelText(tfds.core.GeneratorBasedBuilder):
+class ParallelText(ArrayRecordBuilder):
   """Line-aligned local translation files; features match TFDS's WMT sets."""
   VERSION = tfds.core.Version("1.0.0")
   BUILDER_CONFIGS = [ParallelTextConfig(name="default")]

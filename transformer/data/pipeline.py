@@ -1,8 +1,9 @@
 """Grain pipelines: packed, shuffled, sharded training batches and padded evaluation batches.
 
-Batch keys (numpy int32 [batch, length]): inputs, targets, inputs_segmentation,
-targets_segmentation, inputs_position, targets_position; language models have only the
-targets* keys. `inputs` = source ids + EOS, `targets` = target ids + EOS: the model
+Batch keys (numpy int32 [batch, length]): inputs, targets, inputs_segment_ids,
+targets_segment_ids, inputs_positions, targets_positions (Grain's packing names, which are
+also the model's argument names: `transformer.model.model_inputs`); language models have
+only the targets* keys. `inputs` = source ids + EOS, `targets` = target ids + EOS: the model
 inserts BOS itself when it shifts the targets right (per segment, so packing is safe).
 
 Length policy: a training example over max_source_length / max_target_length is dropped
@@ -26,9 +27,6 @@ from absl import logging
 from transformer.data import sources
 from transformer.data.config import DataConfig
 from transformer.data.tokenizers import EOS_ID, Tokenizer
-
-_RENAME = {"_segment_ids": "_segmentation", "_positions": "_position"}
-
 
 def _encode(cfg: DataConfig, tokenizer: Tokenizer, example: dict[str, Any]) -> dict:
   source, target = sources.example_texts(cfg, example)
@@ -89,18 +87,9 @@ def _pad_row(example: dict[str, np.ndarray], lengths: dict[str, int]) -> dict[st
     row = np.zeros(length, np.int32)
     row[:len(ids)] = ids
     out[key] = row
-    out[key + "_segmentation"] = (np.arange(length) < len(ids)).astype(np.int32)
-    out[key + "_position"] = np.where(np.arange(length) < len(ids), np.arange(length),
+    out[key + "_segment_ids"] = (np.arange(length) < len(ids)).astype(np.int32)
+    out[key + "_positions"] = np.where(np.arange(length) < len(ids), np.arange(length),
                                       0).astype(np.int32)
-  return out
-
-
-def _rename(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  out = {}
-  for key, value in batch.items():
-    for old, new in _RENAME.items():
-      key = key.removesuffix(old) + new if key.endswith(old) else key
-    out[key] = value.astype(np.int32)
   return out
 
 
@@ -149,7 +138,7 @@ def train_iterator(cfg: DataConfig, tokenizer: Tokenizer, *, batch_size: int, se
         ds, length_struct=lengths, num_packing_bins=batch_size, seed=seed, shuffle_bins=True)
   else:
     ds = ds.map(functools.partial(_pad_row, lengths=lengths))
-  ds = ds.batch(batch_size, drop_remainder=True).map(_rename)
+  ds = ds.batch(batch_size, drop_remainder=True)
   return iter(ds)
 
 
@@ -214,4 +203,4 @@ def eval_batches(cfg: DataConfig, tokenizer: Tokenizer, split: str, *, batch_siz
 def count_tokens(batch: dict[str, np.ndarray], keys: Sequence[str] = ("inputs", "targets")
                  ) -> int:
   """Non-padding tokens in a batch (for throughput figures)."""
-  return int(sum(np.count_nonzero(batch[k + "_segmentation"]) for k in keys if k in batch))
+  return int(sum(np.count_nonzero(batch[k + "_segment_ids"]) for k in keys if k in batch))

@@ -18,7 +18,7 @@ from transformer.data.config import DataConfig
 from transformer.data.lm_text import lm_text_config
 from transformer.data.locking import file_lock
 from transformer.data.parallel_text import parallel_text_config
-from transformer.data.synthetic import synthetic_config
+from transformer.data.synthetic import FILE_FORMAT, synthetic_config
 
 # Importing the TFDS catalog modules registers their builders (a bare `import
 # tensorflow_datasets` without TensorFlow registers none of them).
@@ -35,7 +35,7 @@ OWN_BUILDERS = ("synthetic_seq2seq", "parallel_text", "lm_text")
 
 def _builder_kwargs(cfg: DataConfig) -> tuple[str, dict[str, Any]]:
   """The TFDS name to load and the builder arguments (a config object for own builders)."""
-  kwargs: dict[str, Any] = {"file_format": "array_record"}
+  kwargs: dict[str, Any] = {}  # own builders default to ArrayRecord (`ArrayRecordBuilder`)
   name = cfg.builder_name
   if name == "synthetic_seq2seq":
     kwargs["config"] = synthetic_config(
@@ -47,8 +47,9 @@ def _builder_kwargs(cfg: DataConfig) -> tuple[str, dict[str, Any]]:
                                             cfg.target_lang, cfg.train_split)
   elif name == "lm_text":
     kwargs["config"] = lm_text_config(cfg.path, cfg.train_fraction, cfg.lm_chunk_chars)
-  else:
+  else:  # catalog builders default to TFRecord, which needs TensorFlow
     name = cfg.dataset
+    kwargs["file_format"] = FILE_FORMAT
     module = _CATALOG_MODULES.get(cfg.builder_name)
     if module:
       importlib.import_module(module)

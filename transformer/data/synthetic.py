@@ -5,11 +5,15 @@ tasks go through the same text pipeline as real data. Ids 0-2 are pad/BOS/EOS an
 reserved for unknown, so symbols are ids 4..vocab_size-1; addition uses digits 4..13 and
 '+' = 14. Each source sequence belongs to exactly one split, chosen by a CRC of its
 tokens, so train, validation and test are disjoint by construction.
+
+`ArrayRecordBuilder`, the base of all three project builders (ArrayRecord by default), lives
+here because this module imports no other project module: the others import it without a cycle.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import zlib
 
 import numpy as np
@@ -19,6 +23,8 @@ FIRST_SYMBOL = 4
 DIGIT_0, PLUS = 4, 14
 SPLITS = ("train", "validation", "test")
 _BUCKETS = 20  # test: bucket 0, validation: bucket 1, train: the rest
+# What every dataset here is written and read as (random access, no TensorFlow).
+FILE_FORMAT = tfds.core.FileFormat.ARRAY_RECORD
 
 
 @dataclasses.dataclass
@@ -30,6 +36,28 @@ class SyntheticConfig(tfds.core.BuilderConfig):
   train_examples: int = 10_000
   eval_examples: int = 500
   seed: int = 0
+
+
+class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Base of the project's builders: files default to ArrayRecord, which needs no TensorFlow.
+
+  TFDS's own default (TFRecord) needs TensorFlow to write and read, so without this plain
+  `tfds.builder(name).download_and_prepare()` would fail. Passing `file_format=` still wins.
+  """
+
+  def __init__(self, *, file_format: str | tfds.core.FileFormat | None = None, **kwargs):
+    super().__init__(file_format=file_format or FILE_FORMAT, **kwargs)
+
+  def as_dataset(self, *args, **kwargs):
+    # It (and `tfds.load`, which calls it) builds a tf.data.Dataset: without TensorFlow, say
+    # in one line what works instead of TFDS's import banner and traceback.
+    if importlib.util.find_spec("tensorflow") is None:
+      raise ModuleNotFoundError(
+          f"{self.name}: as_dataset()/tfds.load() need TensorFlow, which this project does not "
+          "use; read the prepared data with builder.as_data_source() or "
+          f"tfds.data_source({self.info.full_name!r}, split=..., data_dir=...) instead",
+          name="tensorflow")
+    return super().as_dataset(*args, **kwargs)
 
 
 def synthetic_config(task: str, *, vocab_size: int, min_length: int, max_length: int,
@@ -76,7 +104,7 @@ def draw_pair(task: str, rng: np.random.Generator, cfg: SyntheticConfig
   raise ValueError(f"unknown synthetic task {task!r}")
 
 
-class SyntheticSeq2seq(tfds.core.GeneratorBasedBuilder):
+class SyntheticSeq2seq(ArrayRecordBuilder):
   """Seeded toy sequence-to-sequence tasks (no download)."""
   VERSION = tfds.core.Version("1.0.0")
   BUILDER_CONFIGS = [SyntheticConfig(name=t, task=t) for t in ("copy", "reverse", "sort",
