@@ -54,8 +54,8 @@ def model_and_batch(scale, d_model=256, num_heads=1, **overrides):
 def test_logit_variance_at_init_shows_the_papers_argument(scale, expected_var):
   """Layer 1 sees LayerNorm-ed (unit variance) inputs: var(q.k) ~ d_k unscaled, ~1 scaled."""
   model, params, batch = model_and_batch(scale)
-  stats = jax.jit(lambda p: diagnostics.probe_attention(model, p, batch))(params)
-  var = float(stats["encoder_1/self_attention"]["logit_std"][0]) ** 2
+  stats, _ = diagnostics.Probe(model, batch)(params)
+  var = stats["attn/encoder_1/self_attention/logit_std/h0"] ** 2
   assert expected_var / 2 < var < expected_var * 2, var
 
 
@@ -64,25 +64,22 @@ def test_probe_names_every_layer_and_scan_gives_the_same_numbers(attention_bias)
   model, params, batch = model_and_batch("inv_sqrt_dk", d_model=32, num_heads=2,
                                          attention_bias=attention_bias)
 
-  def loss_fn(p):
-    return jnp.mean(model.apply({"params": p}, batch["inputs"], batch["targets"]) ** 2)
-  stats = jax.jit(lambda p: diagnostics.diagnose(model, p, batch, loss_fn))(params)
-  assert set(stats) == {"encoder_0/self_attention", "encoder_1/self_attention",
-                        "decoder_0/self_attention", "decoder_0/cross_attention"}
-  assert set(stats["decoder_0/cross_attention"]) == {
+  stats, maps = diagnostics.Probe(model, batch)(params)
+  layers = {"encoder_0/self_attention", "encoder_1/self_attention",
+            "decoder_0/self_attention", "decoder_0/cross_attention"}
+  assert set(maps) == layers
+  assert {k.split("/", 3)[3].rsplit("/", 1)[0] for k in stats
+          if k.startswith("attn/decoder_0/cross_attention/")} == {
       "entropy_mean", "entropy_min", "saturation", "max_abs_logit", "logit_std",
       "grad_norm_query", "grad_norm_key"}
+  assert {"/".join(k.split("/")[1:3]) for k in stats} == layers
   scanned = Transformer(model.config.replace(scan_layers=True))
-  sp = stack_layers(params, model.config)
-
-  def scanned_loss(p):
-    return jnp.mean(scanned.apply({"params": p}, batch["inputs"], batch["targets"]) ** 2)
-  scanned_stats = jax.jit(lambda p: diagnostics.diagnose(scanned, p, batch, scanned_loss))(sp)
+  scanned_stats, scanned_maps = diagnostics.Probe(scanned, batch)(
+      stack_layers(params, model.config))
   assert set(scanned_stats) == set(stats)
-  for layer in stats:
-    for name in stats[layer]:
-      np.testing.assert_allclose(np.asarray(scanned_stats[layer][name]),
-                                 np.asarray(stats[layer][name]), rtol=1e-4, atol=1e-6)
-  flat = diagnostics.flatten(stats)
-  assert flat["attn/encoder_0/self_attention/entropy_mean/h0"] == pytest.approx(
-      float(stats["encoder_0/self_attention"]["entropy_mean"][0]))
+  for key, value in stats.items():
+    np.testing.assert_allclose(scanned_stats[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
+  for layer in maps:
+    np.testing.assert_allclose(scanned_maps[layer], maps[layer], rtol=1e-5, atol=1e-6)
+  assert stats["attn/encoder_0/self_attention/entropy_mean/mean"] == pytest.approx(
+      np.mean([stats[f"attn/encoder_0/self_attention/entropy_mean/h{h}"] for h in range(2)]))

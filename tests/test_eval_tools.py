@@ -169,7 +169,8 @@ def test_evaluate_split_and_files_score_every_line(workdir, run, tmp_path):
   for expected in ("direction: synthetic_seq2seq/copy (inputs -> targets)",
                    "16 lines; decoding: greedy",
                    "BLEU signature: nrefs:1|case:mixed|eff:no|tok:13a",
-                   "chrF signature: nrefs:1|", f"perplexity: {final['perplexity']:.4f}"):
+                   "chrF signature: nrefs:1|",
+                   f"perplexity: {result['teacher_forced']['perplexity']:.4f}"):
     assert expected in text, text
   # The same pairs as files: the same numbers.
   (tmp_path / "src.txt").write_text("".join(s + "\n" for s, _ in pairs))

@@ -46,7 +46,8 @@ def test_two_processes_match_one_process_with_four_devices():
   # Same global batch, same device count: only the collectives' transport differs. (pmap, the
   # default backend, only: each backend costs a compile per process; shard_map agrees with
   # pmap in test_train_step, and a 2-process shard_map run gives the same numbers too.)
-  np.testing.assert_allclose(results[0]["pmap"], fx.run_fixed_steps("pmap", 3), rtol=1e-6)
+  # Two processes sum over the devices in another order than one: rtol as for 1 vs 4 devices.
+  np.testing.assert_allclose(results[0]["pmap"], fx.run_fixed_steps("pmap", 3), rtol=2e-5)
 
 
 def _loop_pair(data_dir, workdir, **extra):

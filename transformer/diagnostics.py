@@ -81,11 +81,6 @@ def _apply_probe(model, params, batch: Mapping[str, Array]):
   return [(_short(name), w, l) for name, w, l in _attention_layers(state["intermediates"])]
 
 
-def probe_attention(model, params, batch: Mapping[str, Array]) -> dict[str, dict[str, Array]]:
-  """Runs the model on a probe batch (no dropout) -> {layer name: {stat: [H]}}."""
-  return {name: attention_stats(w, l) for name, w, l in _apply_probe(model, params, batch)}
-
-
 def qk_gradient_norms(grads: Mapping[str, Any]) -> dict[str, dict[str, Array]]:
   """{layer name: {'grad_norm_query': [H], 'grad_norm_key': [H]}} from a gradient tree.
 
@@ -115,16 +110,6 @@ def qk_gradient_norms(grads: Mapping[str, Any]) -> dict[str, dict[str, Array]]:
 
   visit(grads, "")
   return out
-
-
-def diagnose(model, params, batch: Mapping[str, Array],
-             loss_fn: Callable[[Any], Array] | None = None) -> dict[str, dict[str, Array]]:
-  """Attention statistics of the probe batch, plus Q/K gradient norms if loss_fn is given."""
-  stats = probe_attention(model, params, batch)
-  if loss_fn is not None:
-    for name, norms in qk_gradient_norms(jax.grad(loss_fn)(params)).items():
-      stats.setdefault(name, {}).update(norms)
-  return stats
 
 
 def flatten(stats: Mapping[str, Mapping[str, Array]], prefix: str = "attn") -> dict[str, float]:

@@ -64,10 +64,6 @@ class MetricsWriter:
     for name, value in metrics.items():
       self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
 
-  def write_text(self, step: int, tag: str, text: str) -> None:
-    if _is_writer():
-      self._tb.add_text(tag, text, int(step))
-
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()

@@ -127,8 +127,8 @@ def resolved_config(settings: Settings, data_cfg: DataConfig, optim_cfg: OptimCo
                     backend: str) -> dict[str, Any]:
   """What `resolve` returned as JSON-able values: every key, defaults filled in, paths
   absolute (what run_config.json records)."""
-  model = dataclasses.asdict(model_config(settings, vocab_size=None))
-  model["vocab_size"] = (settings.model or {}).get("vocab_size") or 0  # 0: the tokenizer's
+  # resolve() validated the model section; vocab_size 0 means the tokenizer's.
+  model = {"vocab_size": 0, **_defaults(TransformerConfig), **dict(settings.model or {})}
   top = {f.name: getattr(settings, f.name) for f in dataclasses.fields(Settings)}
   top.update(model=model, data=dataclasses.asdict(data_cfg),
              optim=dataclasses.asdict(optim_cfg), parallel={"backend": backend},

@@ -94,7 +94,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     sums = lax.psum(sums, AXIS)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     # The NaN guard: a non-finite loss or gradient leaves params and optimizer state as
     # they were, so bad numbers never reach a checkpoint; the loop stops on the flag.
     finite = jnp.isfinite(sums["loss_sum"]) & jnp.isfinite(grad_norm)
