@@ -1,7 +1,6 @@
 """The scale-ablation sweep on two tiny real runs: tables, pictures, reuse, divergence."""
 
 import csv
-import json
 import os
 
 import pytest

@@ -73,6 +73,24 @@ def test_dropout_keys_differ_across_devices_and_steps():
   assert k0.shape == (4, 2) and len(all_keys) == 8
 
 
+def test_dropout_under_nn_scan_draws_a_different_mask_per_layer():
+  """The run's key data (JAX's default PRNG) through flax's nn.scan: one mask per layer."""
+  import flax.linen as nn  # noqa: PLC0415
+
+  class Layer(nn.Module):
+    @nn.compact
+    def __call__(self, x, _):
+      return x, nn.Dropout(0.5, deterministic=False)(jnp.ones_like(x))
+
+  stack = nn.scan(Layer, variable_axes={}, split_rngs={"dropout": True}, length=4)
+  key = jax.random.wrap_key_data(jnp.array([0, 9], jnp.uint32))
+  _, masks = stack().apply({}, jnp.ones((8, 256)), None, rngs={"dropout": key})
+  masks = np.asarray(masks) > 0
+  assert masks.shape == (4, 8, 256)
+  assert len({m.tobytes() for m in masks}) == 4
+  assert abs(masks.mean() - 0.5) < 0.05
+
+
 def test_nan_guard_keeps_state_and_flags():
   _, _, train_step, state = fx.tiny_setup()
   poisoned = jax.tree.map(lambda x: x, state.params)

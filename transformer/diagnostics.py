@@ -13,7 +13,7 @@ d_k without scaling and about 1 with 1/sqrt(d_k) (§3.2.1's argument).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax

@@ -163,7 +163,7 @@ def _differences(old: Any, new: Any, prefix: str) -> list[str]:
 
 
 def recorded_commit(workdir: str) -> str:
-  """The git commit that started the run in `workdir` (from manifest.json), or 'unknown'."""
+  """The git commit that last ran the run in `workdir` (manifest.json), or 'unknown'."""
   try:
     with open(os.path.join(workdir, "manifest.json")) as f:
       return json.load(f).get("git_commit") or "unknown"
@@ -192,7 +192,7 @@ def check_workdir(workdir: str, config: Mapping[str, Any]) -> bool:
     diffs = differences(old, config)
     if diffs:
       raise ConfigError(
-          f"workdir {workdir!r} holds a run of another config ({diffs}), started at git commit "
+          f"workdir {workdir!r} holds a run of another config ({diffs}), run at git commit "
           f"{recorded_commit(path)}: use a new --workdir, or check out that commit to continue it")
   # The nearest existing ancestor must let us create and write files.
   probe_dir = path
