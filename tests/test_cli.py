@@ -32,3 +32,36 @@ def test_bad_command_lines_fail_in_one_line(tmp_path, module, args, message):
   assert message in "\n".join(lines), proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
   assert not (tmp_path / "run").exists()  # nothing written
+
+
+_PRINT_CONFIG = """
+import json, sys
+from absl import flags
+from ml_collections import config_flags
+config_flags.DEFINE_config_file("config", None, "", lock_config=True)
+flags.FLAGS(sys.argv)
+print(json.dumps(flags.FLAGS.config.to_dict()))
+"""
+
+
+def test_every_config_key_is_overridable_from_the_command_line():
+  """default_config() holds every key, those whose default is None as typed placeholders
+  (config_flags cannot override a plain None)."""
+  import json  # noqa: PLC0415
+
+  from transformer import settings  # noqa: PLC0415
+  proc = subprocess.run(
+      [sys.executable, "-c", _PRINT_CONFIG, "--config=experiments/configs/multi30k.py",
+       "--config.model.cross_attention_scale=qk_norm", "--config.data.max_eval_length=90",
+       "--config.model.target_vocab_size=8000", "--config.optim.weight_decay=0.1",
+       "--config.data.path=data/multi30k", "--config.model.share_embeddings=False"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  raw = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert raw["model"]["cross_attention_scale"] == "qk_norm"
+  assert raw["model"]["encoder_self_attention_scale"] is None   # unset placeholder
+  assert (raw["data"]["max_eval_length"], raw["model"]["target_vocab_size"]) == (90, 8000)
+  cfg, data_cfg, optim_cfg, _ = settings.resolve(raw)
+  assert settings.model_config(cfg, 8000).scale_policy("cross").kind == "qk_norm"
+  assert (data_cfg.max_eval_length, optim_cfg.weight_decay) == (90, 0.1)
+  assert set(raw["model"]) == set(settings.resolved_config(*settings.resolve(raw))["model"])

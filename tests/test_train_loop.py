@@ -213,8 +213,10 @@ def test_a_workdir_of_another_config_is_refused_naming_keys_and_commit(tmp_path)
   assert "\n" not in message
   assert ("model.attention_bias: True -> False; model.custom_vjp: False -> (absent)"
           in message), message
-  assert "run at git commit e8d931a" in message and "check out that commit" in message
+  assert "last run at git commit e8d931a" in message and "check out that commit" in message
+  assert resolved["prng_impl"] == "threefry2x32"   # the checkpointed key's layout
   (workdir / settings.RUN_CONFIG).write_text(json.dumps(resolved))
   later = json.loads(json.dumps(resolved))
   later["num_train_steps"] = 60   # not part of the identity: a run may be extended
+  later["data"]["data_dir"] = "/elsewhere/tfds"   # where prepared data is cached: not compared
   assert settings.check_workdir(str(workdir), later)

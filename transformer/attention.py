@@ -114,7 +114,7 @@ def _fused_attention(q, k, v, mask, scale, implementation: str) -> Array:
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"unknown attention implementation {implementation!r}; "
                      f"valid: {', '.join(IMPLEMENTATIONS)}")
-  if isinstance(scale, (int, float)):
+  if jnp.ndim(scale) == 0:
     fused_scale = float(scale)
   else:  # per-head factors: s_h (q . k) = (s_h q) . k, so fold them into q
     q = (q.astype(jnp.float32) * jnp.asarray(scale)[None, None, :, None]).astype(q.dtype)

@@ -42,12 +42,10 @@ def average_last(workdir: str, last: int, *, overwrite: bool = False) -> dict[st
   of the same steps already on disk is kept and its meta returned with 'existing' True.
   """
   run = run_lib.load(workdir)
-  steps = run_lib.steps_in(run_lib.checkpoints_dir(workdir))
   if not isinstance(last, int) or last < 1:
     raise run_lib.RunError(f"--last={last!r} must be a positive integer")
-  if not steps:
-    raise run_lib.RunError(f"workdir {workdir} has no checkpoint (checkpoints/ is empty or "
-                             "missing); train first")
+  run_lib.check_checkpoint(run)   # "has no checkpoint ...; train first"
+  steps = run_lib.steps_in(run_lib.checkpoints_dir(workdir))
   if len(steps) < last:
     raise run_lib.RunError(
         f"--last={last} but {workdir} holds {len(steps)} checkpoint(s) (steps "

@@ -171,6 +171,7 @@ def prepare(config: Any) -> Setup:
   """Builds the training step of `config` on a synthetic batch; raises ConfigError."""
   raw, opts = split_config(config)
   cfg, _, optim_cfg, backend = settings.resolve(raw)
+  settings.check_devices(cfg, backend)
   model_cfg = settings.model_config(cfg, raw["model"]["vocab_size"])
   model = Transformer(model_cfg)
   tx, schedule = optim.make_optimizer(optim_cfg, model_cfg.d_model, cfg.num_train_steps)

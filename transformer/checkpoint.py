@@ -125,8 +125,10 @@ def restore_verified(manager: ocp.CheckpointManager, step: int, item: str, targe
     args["data"] = grain.checkpoint.CheckpointRestore(iterator)
   restored = manager.restore(step, args=ocp.args.Composite(**args))
   tree, meta = restored[item], dict(restored["meta"])
+  if int(meta.get("step", -1)) != step:
+    raise CorruptCheckpointError(f"its meta records step {meta.get('step')}")
   checksum = int(tree_checksum(tree))
-  if checksum != meta.get("checksum") or int(meta.get("step", -1)) != step:
+  if checksum != meta.get("checksum"):
     raise CorruptCheckpointError(f"checksum {checksum} != recorded {meta.get('checksum')}")
   return tree, meta
 

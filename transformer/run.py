@@ -95,16 +95,10 @@ def create(config: Any, workdir: str) -> Run:
   """The run `config` describes in `workdir`, for training; raises settings.ConfigError
   (one line, nothing written) for a bad config, data or workdir."""
   cfg, data_cfg, optim_cfg, backend = settings.resolve(config)
+  settings.check_devices(cfg, backend)
   resolved = settings.resolved_config(cfg, data_cfg, optim_cfg, backend)
   settings.check_workdir(workdir, resolved)
-  try:  # e.g. an unknown dataset name or a missing data path: still before any writing
-    tokenizer = data.build_tokenizer(data_cfg)
-  except ValueError as e:
-    raise settings.ConfigError(f"data.dataset={data_cfg.dataset!r}: "
-                               f"{str(e).splitlines()[0]}") from e
-  model = Transformer(settings.model_config(cfg, tokenizer.vocab_size))
-  return Run(workdir=os.path.abspath(workdir), settings=cfg, data=data_cfg, optim=optim_cfg,
-             backend=backend, config=resolved, tokenizer=tokenizer, model=model)
+  return _build(workdir, cfg, data_cfg, optim_cfg, backend, resolved)
 
 
 def load(workdir: str) -> Run:
@@ -119,18 +113,27 @@ def load(workdir: str) -> Run:
       recorded = json.load(f)
   except (OSError, ValueError) as e:
     raise RunError(f"workdir {workdir!r}: cannot read {settings.RUN_CONFIG} ({e})") from None
-  recorded.pop("process_count", None)
+  for key in ("process_count", "prng_impl"):  # facts of the training machine, not keys
+    recorded.pop(key, None)
   try:
-    cfg, data_cfg, optim_cfg, backend = settings.resolve(recorded)
+    resolved = settings.resolve(recorded)
+    return _build(workdir, *resolved, settings.resolved_config(*resolved))
   except settings.ConfigError as e:
     raise RunError(f"workdir {workdir!r}: its recorded config does not fit this version ({e}); "
-                   f"check out the commit that wrote it, {settings.recorded_commit(workdir)}"
+                   f"check out the commit that last ran it, {settings.recorded_commit(workdir)}"
                    ) from None
-  tokenizer = data.build_tokenizer(data_cfg)
+
+
+def _build(workdir: str, cfg: settings.Settings, data_cfg: data.DataConfig,
+           optim_cfg: optim.OptimConfig, backend: str, resolved: dict[str, Any]) -> Run:
+  try:  # e.g. an unknown dataset name or a missing data path: still before any writing
+    tokenizer = data.build_tokenizer(data_cfg)
+  except ValueError as e:
+    raise settings.ConfigError(f"data.dataset={data_cfg.dataset!r}: "
+                               f"{str(e).splitlines()[0]}") from e
   model = Transformer(settings.model_config(cfg, tokenizer.vocab_size))
   return Run(workdir=os.path.abspath(workdir), settings=cfg, data=data_cfg, optim=optim_cfg,
-             backend=backend, config=settings.resolved_config(cfg, data_cfg, optim_cfg, backend),
-             tokenizer=tokenizer, model=model)
+             backend=backend, config=resolved, tokenizer=tokenizer, model=model)
 
 
 def _device_sharding() -> jax.sharding.Sharding:

@@ -24,7 +24,10 @@ RUN_CONFIG = "run_config.json"  # the fully resolved config a workdir's run star
 # The keys that shape the checkpoint and the numbers: a workdir resumes only when they agree.
 # The others (step count, logging, evaluation and checkpoint intervals) may change.
 IDENTITY_KEYS = ("model", "data", "optim", "batch_size", "seed", "label_smoothing",
-                 "process_count")
+                 "process_count", "prng_impl")
+# Where prepared data is cached and how fast it is read: not what is computed.
+NOT_COMPARED = ("data.data_dir", "data.read_threads", "data.read_buffer")
+DEFAULT_BACKEND = "pmap"
 
 
 class ConfigError(ValueError):
@@ -55,9 +58,28 @@ class Settings:
 
 
 def _defaults(cls) -> dict[str, Any]:
-  return {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING
-                   else f.default) for f in dataclasses.fields(cls)
-          if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+  """{field: default} of a dataclass (TransformerConfig: vocab_size 0 = the tokenizer's)."""
+  out = {"vocab_size": 0} if cls is TransformerConfig else {}
+  for f in dataclasses.fields(cls):
+    if f.default_factory is not dataclasses.MISSING:
+      out[f.name] = f.default_factory()
+    elif f.default is not dataclasses.MISSING:
+      out[f.name] = f.default
+  return out
+
+
+_PLACEHOLDER_TYPES = {"str": str, "int": int, "float": float}
+
+
+def _overridable(cls) -> dict[str, Any]:
+  """`_defaults`, with a typed placeholder for each None default: config_flags cannot
+  override a plain None (`--config.model.cross_attention_scale=qk_norm` must work)."""
+  out = _defaults(cls)
+  for f in dataclasses.fields(cls):
+    if out.get(f.name, 0) is None:  # annotations are strings here, e.g. 'str | None'
+      kind = _PLACEHOLDER_TYPES[str(f.type).split("|")[0].strip()]
+      out[f.name] = ml_collections.config_dict.placeholder(kind)
+  return out
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -65,9 +87,8 @@ def default_config() -> ml_collections.ConfigDict:
   a config states only what differs and any key can be overridden from the command line."""
   top = {k: v for k, v in _defaults(Settings).items() if v is not None}
   return ml_collections.ConfigDict({
-      **top, "model": {"vocab_size": 0, **_defaults(TransformerConfig)},
-      "data": _defaults(DataConfig), "optim": _defaults(OptimConfig),
-      "parallel": {"backend": "pmap"}})
+      **top, "model": _overridable(TransformerConfig), "data": _overridable(DataConfig),
+      "optim": _overridable(OptimConfig), "parallel": {"backend": DEFAULT_BACKEND}})
 
 
 def _raw(config: Any) -> dict[str, Any]:
@@ -99,14 +120,21 @@ def resolve(config: Any) -> tuple[Settings, DataConfig, OptimConfig, str]:
   parallel_raw = dict(settings.parallel or {})
   if set(parallel_raw) - {"backend"}:
     problems.append(f"unknown parallel key(s): {', '.join(sorted(set(parallel_raw) - {'backend'}))}")
-  backend = parallel_raw.get("backend", "pmap")
+  backend = parallel_raw.get("backend", DEFAULT_BACKEND)
+  if backend not in parallel.BACKENDS:
+    problems.append(f"parallel.backend={backend!r} is not one of {', '.join(parallel.BACKENDS)}")
   if problems:
     raise ConfigError("invalid config: " + "; ".join(problems))
+  return settings, data_cfg, optim_cfg, backend
+
+
+def check_devices(settings: Settings, backend: str) -> None:
+  """ConfigError unless this machine's devices can split the batch (training only: the
+  tools read a run on whatever machine they run on)."""
   try:
     parallel.check_batch_size(settings.batch_size, backend)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  return settings, data_cfg, optim_cfg, backend
 
 
 def model_config(settings: Settings, vocab_size: int | None) -> TransformerConfig:
@@ -125,14 +153,15 @@ def model_config(settings: Settings, vocab_size: int | None) -> TransformerConfi
 
 def resolved_config(settings: Settings, data_cfg: DataConfig, optim_cfg: OptimConfig,
                     backend: str) -> dict[str, Any]:
-  """What `resolve` returned as JSON-able values: every key, defaults filled in, paths
-  absolute (what run_config.json records)."""
+  """What `resolve` returned as JSON-able values: every key, defaults filled in, data_dir
+  absolute, and the PRNG implementation (what run_config.json records)."""
   # resolve() validated the model section; vocab_size 0 means the tokenizer's.
-  model = {"vocab_size": 0, **_defaults(TransformerConfig), **dict(settings.model or {})}
+  model = {**_defaults(TransformerConfig), **dict(settings.model or {})}
   top = {f.name: getattr(settings, f.name) for f in dataclasses.fields(Settings)}
   top.update(model=model, data=dataclasses.asdict(data_cfg),
              optim=dataclasses.asdict(optim_cfg), parallel={"backend": backend},
-             process_count=jax.process_count())  # each process checkpoints its iterator
+             process_count=jax.process_count(),  # each process checkpoints its iterator
+             prng_impl=str(jax.config.jax_default_prng_impl))  # shapes the checkpointed key
   return json.loads(json.dumps(top))
 
 
@@ -141,7 +170,8 @@ def differences(recorded: Mapping[str, Any], config: Mapping[str, Any],
   """'key: old -> new; ...' (the first four) where two resolved configs differ on `keys`."""
   diffs = []
   for key in keys:
-    diffs += _differences(recorded.get(key, _ABSENT), config.get(key, _ABSENT), f"{key}.")
+    diffs += [d for d in _differences(recorded.get(key, _ABSENT), config.get(key, _ABSENT),
+                                      f"{key}.") if d.split(":")[0] not in NOT_COMPARED]
   return "; ".join(diffs[:4]) + ("; ..." if len(diffs) > 4 else "")
 
 
@@ -175,7 +205,7 @@ def check_workdir(workdir: str, config: Mapping[str, Any]) -> bool:
   """Raises ConfigError for an unwritable workdir or one holding a run of another config.
 
   `config` is `resolved_config(...)`. Returns whether the workdir already holds this run.
-  Writes nothing but a probe file.
+  Writes nothing.
   """
   if not workdir:
     raise ConfigError("--workdir is required")
@@ -192,7 +222,7 @@ def check_workdir(workdir: str, config: Mapping[str, Any]) -> bool:
     diffs = differences(old, config)
     if diffs:
       raise ConfigError(
-          f"workdir {workdir!r} holds a run of another config ({diffs}), run at git commit "
+          f"workdir {workdir!r} holds a run of another config ({diffs}), last run at git commit "
           f"{recorded_commit(path)}: use a new --workdir, or check out that commit to continue it")
   # The nearest existing ancestor must let us create and write files.
   probe_dir = path

@@ -23,6 +23,7 @@ from absl import logging
 
 from transformer import run_records, settings
 from transformer.attention import parse_scale
+from transformer.config import ATTENTION_KINDS
 
 STATUS_FILE = "sweep_status.json"
 # (column, split in metrics.jsonl, metric): the final value of each goes into the table.
@@ -51,8 +52,7 @@ def check_sweep_args(scales: Sequence[str], seeds: Sequence[int]) -> None:
       raise ValueError(f"{name} repeats a value: {values}")
 
 
-PER_KIND_SCALES = ("encoder_self_attention_scale", "decoder_self_attention_scale",
-                   "cross_attention_scale")
+PER_KIND_SCALES = tuple(f"{kind}_attention_scale" for kind in ATTENTION_KINDS)
 
 
 def run_config(base: ml_collections.ConfigDict, policy: str, seed: int) -> ml_collections.ConfigDict:
@@ -77,14 +77,18 @@ def run_one(config: ml_collections.ConfigDict, run_dir: str,
             train_fn: Callable[[Any, str], Any]) -> dict[str, Any]:
   """Trains one run unless it already ended; returns its status record.
 
-  A run directory is reused only if its recorded config agrees with `config` (the check
-  training makes on resume: `settings.check_workdir`).
+  A run directory is reused only if the resolved config its status records agrees with
+  `config` on the keys training compares on resume (`settings.differences`).
   """
+  resolved = settings.resolved_config(*settings.resolve(config))
   status_path = os.path.join(run_dir, STATUS_FILE)
   if os.path.exists(status_path):
-    settings.check_workdir(run_dir, settings.resolved_config(*settings.resolve(config)))
     with open(status_path) as f:
       status = json.load(f)
+    diffs = settings.differences(status.get("config") or {}, resolved)
+    if diffs:
+      raise ValueError(f"{run_dir} holds a run of another config ({diffs}); use a new "
+                       "--workdir or delete that run directory")
     logging.info("reusing %s (%s)", run_dir, status["status"])
     return status
   os.makedirs(run_dir, exist_ok=True)
@@ -101,6 +105,7 @@ def run_one(config: ml_collections.ConfigDict, run_dir: str,
   except Exception as e:  # noqa: BLE001  (a failed run is recorded, never silently dropped)
     logging.error("run %s failed:\n%s", run_dir, traceback.format_exc())
     status = {"status": "failed", "message": f"{type(e).__name__}: {e}"}
+  status["config"] = resolved
   _write_json(status_path, status)
   return status
 
