@@ -80,6 +80,6 @@ def test_probe_names_every_layer_and_scan_gives_the_same_numbers(attention_bias)
   for key, value in stats.items():
     np.testing.assert_allclose(scanned_stats[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
   for layer in maps:
-    np.testing.assert_allclose(scanned_maps[layer], maps[layer], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scanned_maps[layer], maps[layer], rtol=1e-5, atol=1e-5)
   assert stats["attn/encoder_0/self_attention/entropy_mean/mean"] == pytest.approx(
       np.mean([stats[f"attn/encoder_0/self_attention/entropy_mean/h{h}"] for h in range(2)]))

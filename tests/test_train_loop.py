@@ -220,3 +220,22 @@ def test_a_workdir_of_another_config_is_refused_naming_keys_and_commit(tmp_path)
   later["num_train_steps"] = 60   # not part of the identity: a run may be extended
   later["data"]["data_dir"] = "/elsewhere/tfds"   # where prepared data is cached: not compared
   assert settings.check_workdir(str(workdir), later)
+
+
+def test_a_run_whose_data_is_broken_is_named_as_such_not_as_another_version(tmp_path):
+  """run.load: a recorded config that fits this code but whose data files are now empty is
+  reported as the data problem (one line), not as a config of another version."""
+  from transformer import run as run_lib  # noqa: PLC0415
+  data = tmp_path / "texts"
+  data.mkdir()
+  for stem in ("train", "val", "test"):
+    for lang in ("en", "de"):
+      (data / f"{stem}.{lang}").write_text("")
+  config = fx.loop_config(str(tmp_path / "d"), **{"data.dataset": "parallel_text",
+                                                  "data.path": str(data)})
+  config.data.tokenizer = "sentencepiece"
+  resolved = settings.resolved_config(*settings.resolve(config))
+  (tmp_path / settings.RUN_CONFIG).write_text(json.dumps(resolved))
+  with pytest.raises(run_lib.RunError, match="train.en: file is empty") as e:
+    run_lib.load(str(tmp_path))
+  assert "does not fit this version" not in str(e.value) and "\n" not in str(e.value)

@@ -7,9 +7,9 @@ tokenized BLEU; sacreBLEU's detokenized 13a BLEU is the comparable modern figure
 
 Every function takes the `transformer.run.Run` (training's or a loaded one) and params in
 any layout (training's are replicated over devices); a split's raw text is cached on the
-run, and compiled decoders are cached per model config for the whole process. Translation is batched
-(sorted by length) and returns one output per input, in input order; output length is
-capped at the source length + 50 (§6.1) and at model.max_len.
+run, and compiled decoders are cached per model config for the whole process. Translation
+is batched (sorted by length) and returns one output per input, in input order; output
+length is capped at the source length + 50 (§6.1) and at model.max_len.
 """
 
 from __future__ import annotations

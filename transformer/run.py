@@ -117,11 +117,14 @@ def load(workdir: str) -> Run:
     recorded.pop(key, None)
   try:
     resolved = settings.resolve(recorded)
-    return _build(workdir, *resolved, settings.resolved_config(*resolved))
   except settings.ConfigError as e:
     raise RunError(f"workdir {workdir!r}: its recorded config does not fit this version ({e}); "
                    f"check out the commit that last ran it, {settings.recorded_commit(workdir)}"
                    ) from None
+  try:  # the config fits, but its data or tokenizer may not be there (moved, deleted)
+    return _build(workdir, *resolved, settings.resolved_config(*resolved))
+  except settings.ConfigError as e:
+    raise RunError(f"workdir {workdir!r}: {e}") from None
 
 
 def _build(workdir: str, cfg: settings.Settings, data_cfg: data.DataConfig,

@@ -170,8 +170,7 @@ def differences(recorded: Mapping[str, Any], config: Mapping[str, Any],
   """'key: old -> new; ...' (the first four) where two resolved configs differ on `keys`."""
   diffs = []
   for key in keys:
-    diffs += [d for d in _differences(recorded.get(key, _ABSENT), config.get(key, _ABSENT),
-                                      f"{key}.") if d.split(":")[0] not in NOT_COMPARED]
+    diffs += _differences(recorded.get(key, _ABSENT), config.get(key, _ABSENT), f"{key}.")
   return "; ".join(diffs[:4]) + ("; ..." if len(diffs) > 4 else "")
 
 
@@ -184,6 +183,8 @@ _ABSENT = _Absent()
 
 
 def _differences(old: Any, new: Any, prefix: str) -> list[str]:
+  if prefix[:-1] in NOT_COMPARED:
+    return []
   if isinstance(old, Mapping) and isinstance(new, Mapping):
     out = []
     for key in sorted(set(old) | set(new)):
