@@ -1,4 +1,5 @@
-"""Attention against a plain NumPy reference, masks, scale policies, the §3.2.1 argument."""
+"""Attention against a plain NumPy reference: both kinds, masks, scale policies, query
+blocks, the §3.2.1 argument."""
 
 import math
 
@@ -41,11 +42,11 @@ def random_qkv(seed=0, dtype=jnp.float32, t=T, s=S):
 
 
 def attend(q, k, v, policy="inv_sqrt_dk", **kwargs):
-  """dot_product_attention with a parameter-free policy's numbers, as MultiHeadAttention
+  """Dot-product attention with a parameter-free policy's numbers, as MultiHeadAttention
   passes them."""
   parsed = attn.parse_scale(policy)
-  return attn.dot_product_attention(q, k, v, scale=parsed.static_scale(q.shape[-1]),
-                                    softcap=parsed.softcap, **kwargs)
+  return attn.attention(q, k, v, scale=parsed.static_scale(q.shape[-1]), softcap=parsed.softcap,
+                        **kwargs)
 
 
 def make_masks():
@@ -87,7 +88,7 @@ def test_matches_numpy_reference(policy, scale, softcap, mask_name, dtype, tol):
 def test_per_head_scale_array():
   q, k, v = random_qkv(1)
   scales = jnp.array([0.1, 0.5, 2.0])
-  out = attn.dot_product_attention(q, k, v, scale=scales)
+  out = attn.attention(q, k, v, scale=scales)
   for h in range(H):
     ref, _ = reference_attention(q[:, :, h:h + 1], k[:, :, h:h + 1], v[:, :, h:h + 1], None,
                                  float(scales[h]))
@@ -112,8 +113,8 @@ def test_fully_masked_rows_are_zero_not_nan(dtype):
 def test_fused_path_matches_reference(mask_name, scale):
   q, k, v = random_qkv(3)
   mask = make_masks()[mask_name]
-  ref = attn.dot_product_attention(q, k, v, mask=mask, scale=scale)
-  fused = attn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="xla")
+  ref = attn.attention(q, k, v, mask=mask, scale=scale)
+  fused = attn.attention(q, k, v, mask=mask, scale=scale, implementation="xla")
   np.testing.assert_allclose(np.asarray(fused), np.asarray(ref), atol=1e-5, rtol=1e-5)
 
 
@@ -187,28 +188,98 @@ def test_attention_dropout():
   np.testing.assert_allclose(np.asarray(outs.mean(0)), np.asarray(plain), atol=0.1)
 
 
-def test_additive_attention_matches_reference():
-  q, k, v = random_qkv(6)
-  a = 5
-  keys = jax.random.split(jax.random.PRNGKey(7), 3)
-  params = {"w_q": jax.random.normal(keys[0], (H, D, a)) * 0.3,
-            "w_k": jax.random.normal(keys[1], (H, D, a)) * 0.3,
-            "v": jax.random.normal(keys[2], (H, a))}
-  mask = make_masks()["padding"]
-  out, w = attn.additive_attention(q, k, v, params, mask=mask, return_weights=True)
-  qn, kn, vn = (np.asarray(x, np.float64) for x in (q, k, v))
-  p = {n: np.asarray(x, np.float64) for n, x in params.items()}
-  scores = np.zeros((B, H, T, S))
-  for b in range(B):
-    for h in range(H):
-      for t in range(T):
-        for s in range(S):
-          hidden = np.tanh(qn[b, t, h] @ p["w_q"][h] + kn[b, s, h] @ p["w_k"][h])
-          scores[b, h, t, s] = p["v"][h] @ hidden
-  m = np.broadcast_to(np.asarray(mask), scores.shape)
-  ref_w = np.where(m.any(-1, keepdims=True), np_softmax(np.where(m, scores, -1e30)), 0.0)
-  np.testing.assert_allclose(np.asarray(w), ref_w, atol=1e-5)
-  np.testing.assert_allclose(np.asarray(out), np.einsum("bhts,bshd->bthd", ref_w, vn), atol=1e-5)
+def reference_additive_scores(q, k, w):
+  """w_h . tanh(q_i + k_j), one (b, h, t, s) at a time, in float64 NumPy."""
+  q, k, w = (np.asarray(x, np.float64) for x in (q, k, w))
+  b_, t_, h_, _ = q.shape
+  s_ = k.shape[1]
+  scores = np.zeros((b_, h_, t_, s_))
+  for b in range(b_):
+    for h in range(h_):
+      for t in range(t_):
+        for s in range(s_):
+          scores[b, h, t, s] = w[h] @ np.tanh(q[b, t, h] + k[b, s, h])
+  return scores
+
+
+def additive_params(seed=7):
+  return {"w": jax.random.normal(jax.random.PRNGKey(seed), (H, D)) / math.sqrt(D)}
+
+
+@pytest.mark.parametrize("mask_name", ["none", "padding", "causal", "segment"])
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 3e-2)])
+@pytest.mark.parametrize("block", [0, 2])
+def test_additive_attention_matches_numpy_reference(mask_name, dtype, tol, block):
+  q, k, v = random_qkv(6, dtype)
+  params = additive_params()
+  mask = make_masks()[mask_name]
+  out, logits, w = attn.attention(q, k, v, kind="additive", params=params, mask=mask,
+                                  query_block=block, return_intermediates=True)
+  scores = reference_additive_scores(q.astype(jnp.float32), k.astype(jnp.float32), params["w"])
+  ref_w = np_softmax(scores)
+  if mask is not None:
+    m = np.broadcast_to(np.asarray(mask), scores.shape)
+    ref_w = np.where(m.any(-1, keepdims=True), np_softmax(np.where(m, scores, -1e30)), 0.0)
+  visible = np.ones(scores.shape, bool) if mask is None else m
+  assert out.dtype == dtype and w.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(logits)[visible], scores[visible], atol=tol, rtol=tol)
+  np.testing.assert_allclose(np.asarray(w), ref_w, atol=tol, rtol=tol)
+  ref_out = np.einsum("bhts,bshd->bthd", ref_w, np.asarray(v, np.float64))
+  np.testing.assert_allclose(np.asarray(out, np.float32), ref_out, atol=2 * tol, rtol=2 * tol)
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 4, 5, 64])
+def test_query_blocks_give_the_unblocked_values_and_gradients(block):
+  """Blocks that divide T, that do not (the last one padded), and one block of all T."""
+  q, k, v = random_qkv(8)
+  params = additive_params(9)
+  mask = make_masks()["segment"]
+
+  def loss(q, k, v, w, block):
+    out = attn.attention(q, k, v, kind="additive", params={"w": w}, mask=mask,
+                         query_block=block)
+    return jnp.sum(jnp.sin(out))
+
+  whole = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)), static_argnums=4)
+  (value, grads), (ref_value, ref_grads) = (whole(q, k, v, params["w"], b) for b in (block, 0))
+  np.testing.assert_allclose(float(value), float(ref_value), rtol=1e-5)
+  for g, ref in zip(grads, ref_grads):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(ref), atol=1e-5, rtol=1e-5)
+
+
+def test_query_blocks_bound_the_memory_of_additive_scores():
+  """XLA's own memory analysis: the [B, T, S, H, D] hidden tensor is held one block at a time.
+
+  Forward and backward of B 2, T = S = 256, H 2, D 64: the full tensor is 64 MiB in
+  float32; with blocks of 16 queries one block is 4 MiB.
+  """
+  kq, kk, kv = jax.random.split(jax.random.PRNGKey(0), 3)
+  shape = (2, 256, 2, 64)
+  q, k, v = (jax.random.normal(key, shape) for key in (kq, kk, kv))
+  w = jnp.ones((2, 64)) / 8
+
+  def temp_bytes(block):
+    loss = lambda q, k, v, w: jnp.sum(attn.attention(  # noqa: E731
+        q, k, v, kind="additive", params={"w": w}, query_block=block))
+    compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3))).lower(q, k, v, w).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  full_tensor = 2 * 256 * 256 * 2 * 64 * 4
+  assert temp_bytes(0) >= full_tensor
+  assert temp_bytes(16) < full_tensor / 4
+
+
+def test_kinds_take_their_own_arguments():
+  q, k, v = random_qkv()
+  with pytest.raises(ValueError, match="unknown attention kind 'sigmoid'; valid: dot_product, "
+                                       "additive"):
+    attn.attention(q, k, v, kind="sigmoid", scale=1.0)
+  with pytest.raises(ValueError, match="additive attention takes no scale"):
+    attn.attention(q, k, v, kind="additive", scale=1.0, params=additive_params())
+  with pytest.raises(ValueError, match="dot_product attention needs scale"):
+    attn.attention(q, k, v)
+  with pytest.raises(ValueError, match="supports only dot_product"):
+    attn.attention(q, k, v, kind="additive", params=additive_params(), implementation="xla")
 
 
 def test_mask_helpers():

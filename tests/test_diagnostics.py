@@ -31,11 +31,23 @@ def test_one_hot_attention_has_zero_entropy_and_full_saturation():
 
 def test_masked_rows_and_keys_are_excluded():
   w = jnp.array([[[[0.5, 0.5, 0.0], [0.0, 0.0, 0.0]]]])  # second query row fully masked
-  logits = jnp.array([[[[1.0, -3.0, jnp.nan], [jnp.nan, jnp.nan, jnp.nan]]]])
-  stats = diagnostics.attention_stats(w, logits)
+  logits = jnp.array([[[[1.0, -3.0, 7.0], [9.0, 9.0, 9.0]]]])
+  mask = jnp.array([[[[True, True, False], [False, False, False]]]])
+  stats = diagnostics.attention_stats(w, logits, mask)
   np.testing.assert_allclose(np.asarray(stats["entropy_mean"]), math.log(2), rtol=1e-6)
   np.testing.assert_allclose(np.asarray(stats["max_abs_logit"]), 3.0)
   np.testing.assert_allclose(np.asarray(stats["logit_std"]), 2.0)
+
+
+def test_rows_are_taken_from_the_mask_not_from_the_weights():
+  """Weights that need not sum to 1 (sigmoid attention): a visible row summing to 0.2
+  counts, a masked row does not, whatever its weights."""
+  w = jnp.array([[[[0.1, 0.1, 0.0], [0.0, 0.0, 0.0], [0.3, 0.3, 0.3]]]])
+  mask = jnp.array([[[[True, True, False], [True, True, True], [False, False, False]]]])
+  stats = diagnostics.attention_stats(w, None, mask)
+  entropy = -2 * 0.1 * math.log(0.1)
+  np.testing.assert_allclose(np.asarray(stats["entropy_mean"]), entropy / 2, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(stats["entropy_min"]), 0.0, atol=1e-7)
 
 
 def model_and_batch(scale, d_model=256, num_heads=1, **overrides):
@@ -71,7 +83,7 @@ def test_probe_names_every_layer_and_scan_gives_the_same_numbers(attention_bias)
   assert {k.split("/", 3)[3].rsplit("/", 1)[0] for k in stats
           if k.startswith("attn/decoder_0/cross_attention/")} == {
       "entropy_mean", "entropy_min", "saturation", "max_abs_logit", "logit_std",
-      "grad_norm_query", "grad_norm_key"}
+      "grad_norm_logits", "grad_norm_query", "grad_norm_key"}
   assert {"/".join(k.split("/")[1:3]) for k in stats} == layers
   scanned = Transformer(model.config.replace(scan_layers=True))
   scanned_stats, scanned_maps = diagnostics.Probe(scanned, batch)(

@@ -31,6 +31,7 @@ def test_harness_runs_two_steps_and_its_figures_agree():
   print(text)
   assert len(figures.step_times_s) == 2 and min(figures.step_times_s) > 0
   assert figures.compile_s > 0 and figures.ceiling_flops > 0 and figures.peak_memory_bytes > 0
+  assert figures.step_temp_bytes > 0 and figures.step_argument_bytes > 0
   cfg = TransformerConfig.from_mapping(config.model.to_dict())
   assert figures.model_flops_per_step == flops.step_flops(cfg, 8, 16, 16).train
   assert figures.tokens_per_step == 8 * (16 + 16)

@@ -1,15 +1,22 @@
 """Attention as pure functions over explicit arrays (paper §3.2).
 
-  Attention(Q, K, V) = softmax(Q K^T * scale) V          (§3.2.1, Eq. 1; scale = 1/sqrt(d_k))
+  Attention(Q, K, V) = weights(scores(Q, K), mask) V        weights: a masked softmax
+
+Attention kinds (`KINDS`), compared in §3.2.1:
+  dot_product  scores = Q K^T * scale                (§3.2.1, Eq. 1; scale = 1/sqrt(d_k))
+  additive     scores_h(q, k) = w_h^T tanh(q + k)    (Bahdanau et al. 2015), w_h in R^{d_k}
+               per head; with attention_bias the projections' biases sit inside the tanh
+
+A new kind is one score function and one line in `KINDS`: the masked float32 weights,
+dropout, value sum, masks, caching, diagnostics and configs come with it.
 
 Shape legend: B batch, T query length, S key/value length, H heads, D head dim
-(d_k = d_v), A additive-attention hidden size. Masks are boolean, True = "may
-attend", broadcastable to [B, H, T, S] (built in `transformer.masks`).
+(d_k = d_v). Masks are boolean, True = "may attend", broadcastable to [B, H, T, S]
+(built in `transformer.masks`).
 
-`dot_product_attention` takes the scale as a number, or one factor per head. Which
-number is a *scale policy*, chosen per attention kind in `TransformerConfig` (parsed
-once there by `parse_scale`), so the ablation of the paper's 1/sqrt(d_k) needs no
-code change:
+Dot-product scores take the scale as a number, or one factor per head. Which number
+is a *scale policy*, chosen per attention site in `TransformerConfig` (parsed once
+there by `parse_scale`), so the ablation of the paper's 1/sqrt(d_k) needs no code change:
 
   inv_sqrt_dk      1/sqrt(d_k), the paper (§3.2.1)
   none             1.0
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -36,37 +44,97 @@ from jax import Array
 IMPLEMENTATIONS = ("reference", "xla", "cudnn")
 
 
-def dot_product_attention(
+# Score functions: (q [B, T, H, D], k [B, S, H, D], **params) -> float32 logits [B, H, T, S].
+
+def dot_product_scores(q_BTHD: Array, k_BSHD: Array, *, scale: float | Array) -> Array:
+  """Q K^T * scale (§3.2.1, Eq. 1), accumulated in float32; scale a float or per head [H]."""
+  return jnp.einsum("bthd,bshd->bhts", q_BTHD, k_BSHD,
+                    preferred_element_type=jnp.float32) * _per_head(scale)
+
+
+def additive_scores(q_BTHD: Array, k_BSHD: Array, *, w: Array) -> Array:
+  """w_h^T tanh(q_i + k_j) per head (Bahdanau et al. 2015), in float32; w [H, D].
+
+  Builds a [B, T, S, H, D] tensor: `attention` evaluates it in blocks of queries.
+  """
+  hidden_BTSHD = jnp.tanh(q_BTHD.astype(jnp.float32)[:, :, None]
+                          + k_BSHD.astype(jnp.float32)[:, None])
+  return jnp.einsum("btshd,hd->bhts", hidden_BTSHD, w.astype(jnp.float32))
+
+
+ParamSpecs = dict[str, tuple[tuple[int, ...], Callable]]  # name -> (shape, initializer)
+
+
+def _additive_params(num_heads: int, head_dim: int) -> ParamSpecs:
+  # Std d_k^-1/2: with unit-variance q and k, E[tanh(q + k)^2] ~ 0.52, so the initial
+  # scores have variance ~0.5 at any d_k, near that of dot-product scores under 1/sqrt(d_k).
+  return {"w": ((num_heads, head_dim), jax.nn.initializers.normal(stddev=head_dim ** -0.5))}
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionKind:
+  """A way of scoring keys; the weights, dropout and value sum are shared."""
+  scores: Callable[..., Array]            # (q, k, **params) -> float32 logits [B, H, T, S]
+  params: Callable[[int, int], ParamSpecs] = lambda num_heads, head_dim: {}  # learned arrays
+  scaled: bool = False                    # takes the scale policy's factor as `scale`
+  query_blocks: bool = False              # scores computed per block of queries (memory)
+
+
+KINDS: dict[str, AttentionKind] = {
+    "dot_product": AttentionKind(dot_product_scores, scaled=True),
+    "additive": AttentionKind(additive_scores, params=_additive_params, query_blocks=True),
+}
+
+
+def attention(
     q_BTHD: Array, k_BSHD: Array, v_BSHD: Array, *,
-    scale: float | Array,
+    kind: str = "dot_product",
+    scale: float | Array | None = None,
+    params: Mapping[str, Array] | None = None,
     mask: Array | None = None,
     softcap: float | None = None,
     dropout_rate: float = 0.0,
     dropout_rng: Array | None = None,
+    query_block: int = 0,
+    logits_hook: Callable[[Array], Array] | None = None,
     implementation: str = "reference",
     return_intermediates: bool = False,
 ) -> Array | tuple[Array, Array, Array]:
-  """Scaled dot-product attention (§3.2.1, Eq. 1), the softmax in float32.
+  """Attention of one kind (module docstring), the softmax in float32.
 
-  scale: a float, or per-head factors [H]. softcap: C in C * tanh(logits / C), after the
-  scale. Dropout on the weights applies when dropout_rng is given and dropout_rate > 0.
-  implementation: 'reference' (written out below) or a fused `jax.nn.dot_product_attention`
-  ('xla', 'cudnn'), which supports neither dropout, soft capping nor intermediates.
+  scale: the dot-product factor (a float or per-head [H]); only for scaled kinds.
+  params: the kind's learned arrays (`KINDS[kind].params`). softcap: C in
+  C * tanh(logits / C). Dropout on the weights applies when dropout_rng is given and
+  dropout_rate > 0. query_block: for kinds with query_blocks, score this many queries
+  at a time (0: all at once), each block recomputed in the backward pass, so the peak
+  memory is that of one block; the values are the same. logits_hook: applied to the
+  logits before the softmax (the diagnostics add a zero there to read their gradient).
+  implementation: 'reference' (written out here) or a fused `jax.nn.dot_product_attention`
+  ('xla', 'cudnn'), dot_product only, without dropout, soft capping or intermediates.
   Returns [B, T, H, D] in q's dtype; with return_intermediates also the float32 logits
   (NaN where masked) and weights, [B, H, T, S].
   """
   _check_shapes(q_BTHD, k_BSHD, v_BSHD)
+  if kind not in KINDS:
+    raise ValueError(f"unknown attention kind {kind!r}; valid: {', '.join(KINDS)}")
+  spec = KINDS[kind]
+  if spec.scaled != (scale is not None):
+    raise ValueError(f"{kind} attention {'needs' if spec.scaled else 'takes no'} scale")
   use_dropout = dropout_rate > 0.0 and dropout_rng is not None
   if implementation != "reference":
-    if use_dropout or softcap is not None or return_intermediates:
-      raise ValueError(f"implementation={implementation!r} supports neither attention dropout, "
-                       "softcap nor intermediates; use implementation='reference'")
+    if kind != "dot_product" or use_dropout or softcap is not None or return_intermediates:
+      raise ValueError(f"implementation={implementation!r} supports only dot_product attention, "
+                       "without attention dropout, softcap or intermediates; use "
+                       "implementation='reference'")
     return _fused_attention(q_BTHD, k_BSHD, v_BSHD, mask, scale, implementation)
 
-  logits_BHTS = jnp.einsum("bthd,bshd->bhts", q_BTHD, k_BSHD,
-                           preferred_element_type=jnp.float32) * _per_head(scale)
+  score_params = {**(params or {}), **({"scale": scale} if spec.scaled else {})}
+  block = query_block if spec.query_blocks else 0
+  logits_BHTS = _blockwise(spec.scores, q_BTHD, k_BSHD, score_params, block)
   if softcap is not None:
     logits_BHTS = softcap * jnp.tanh(logits_BHTS / softcap)
+  if logits_hook is not None:
+    logits_BHTS = logits_hook(logits_BHTS)
   weights_BHTS = masked_softmax(logits_BHTS, mask)
   probs_BHTS = weights_BHTS
   if use_dropout:
@@ -79,6 +147,25 @@ def dot_product_attention(
   if mask is not None:
     logits_BHTS = jnp.where(jnp.broadcast_to(mask, logits_BHTS.shape), logits_BHTS, jnp.nan)
   return out_BTHD, logits_BHTS, weights_BHTS
+
+
+def _blockwise(scores: Callable[..., Array], q_BTHD: Array, k_BSHD: Array,
+               params: Mapping[str, Array], block: int) -> Array:
+  """scores(q, k) over blocks of `block` queries (0 or >= T: in one go), as [B, H, T, S].
+
+  A `lax.map` over the blocks, each under `jax.checkpoint`: the backward pass keeps only
+  the block's queries and recomputes its scores, so no step holds more than one block.
+  """
+  B, T, H, D = q_BTHD.shape
+  if block <= 0 or block >= T:
+    return scores(q_BTHD, k_BSHD, **params)
+  n = -(-T // block)
+  q_BTHD = jnp.pad(q_BTHD, ((0, 0), (0, n * block - T), (0, 0), (0, 0)))  # zeros: cut below
+  q_NBCHD = q_BTHD.reshape(B, n, block, H, D).swapaxes(0, 1)
+  one_block = jax.checkpoint(lambda q_BCHD: scores(q_BCHD, k_BSHD, **params))
+  logits_NBHCS = jax.lax.map(one_block, q_NBCHD)
+  logits_BHNCS = logits_NBHCS.transpose(1, 2, 0, 3, 4)
+  return logits_BHNCS.reshape(B, H, n * block, -1)[:, :, :T]
 
 
 _BIG_NEG = float(jnp.finfo(jnp.float32).min)
@@ -192,28 +279,3 @@ def _positive_float(text: str, spec: object) -> float:
   if not math.isfinite(value) or value <= 0:
     raise _bad_policy(spec, f" ({text!r} must be a positive finite number)")
   return value
-
-
-# Additive attention (Bahdanau et al., 2015), the family §3.2.1 compares with.
-
-def additive_attention(q: Array, k: Array, v: Array, params: dict[str, Array], *,
-                       mask: Array | None = None,
-                       return_weights: bool = False) -> Array | tuple[Array, Array]:
-  """score = v_a^T tanh(W_q q + W_k k), then the masked softmax and the value sum.
-
-  Args:
-    q: [B, T, H, D]; k, v: [B, S, H, D].
-    params: 'w_q' [H, D, A], 'w_k' [H, D, A], 'v' [H, A].
-  """
-  _check_shapes(q, k, v)
-  for name in ("w_q", "w_k", "v"):
-    if name not in params:
-      raise ValueError(f"additive_attention params need 'w_q', 'w_k' and 'v'; missing {name!r}")
-  q_BTHA = jnp.einsum("bthd,hda->btha", q, params["w_q"], preferred_element_type=jnp.float32)
-  k_BSHA = jnp.einsum("bshd,hda->bsha", k, params["w_k"], preferred_element_type=jnp.float32)
-  hidden_BTSHA = jnp.tanh(q_BTHA[:, :, None] + k_BSHA[:, None, :])
-  logits_BHTS = jnp.einsum("btsha,ha->bhts", hidden_BTSHA, params["v"].astype(jnp.float32))
-  weights_BHTS = masked_softmax(logits_BHTS, mask)
-  out_BTHD = jnp.einsum("bhts,bshd->bthd", weights_BHTS.astype(v.dtype), v,
-                        preferred_element_type=jnp.float32).astype(q.dtype)
-  return (out_BTHD, weights_BHTS) if return_weights else out_BTHD

@@ -60,6 +60,8 @@ class Figures:
   matmul_cpu_flops: float       # the same per CPU second of this process
   peak_memory_bytes: int
   peak_memory_kind: str
+  step_temp_bytes: int          # XLA's memory analysis of the compiled step: temporaries
+  step_argument_bytes: int      # ... and arguments (state, batch), per device
 
   @property
   def median_step_s(self) -> float:
@@ -297,7 +299,16 @@ def run(config: Any, steps: int, log=print, profile_dir: str | None = None) -> F
       step_cpu_s=cpu_times, matmul_cpu_flops=statistics.median(cpu_rates),
       model_flops_per_step=flops.step_flops(model_cfg, setup.batch_size, src, tgt).train,
       ceiling_flops=ceiling, ceiling_kind=ceiling_kind, matmul_flops=measured,
-      peak_memory_bytes=int(mem), peak_memory_kind=mem_kind)
+      peak_memory_bytes=int(mem), peak_memory_kind=mem_kind,
+      **step_memory(compiled))
+
+
+def step_memory(compiled: Any) -> dict[str, int]:
+  """The compiled step's own memory (XLA's plan, per device; the same on CPU and GPU),
+  unlike the process RSS, which also holds the compiler and everything before."""
+  analysis = compiled.memory_analysis()
+  return {"step_temp_bytes": int(analysis.temp_size_in_bytes),
+          "step_argument_bytes": int(analysis.argument_size_in_bytes)}
 
 
 def report(f: Figures) -> str:
@@ -321,5 +332,8 @@ def report(f: Figures) -> str:
                        f"step {statistics.median(f.step_cpu_s):.2f} s, matmul "
                        f"{f.matmul_cpu_flops / 1e9:.2f} GFLOP/CPU-s)"),
       ("peak memory", f"{f.peak_memory_bytes / 2**20:,.0f} MiB ({f.peak_memory_kind})"),
+      ("step memory", f"{f.step_temp_bytes / 2**20:,.0f} MiB temporaries + "
+                      f"{f.step_argument_bytes / 2**20:,.0f} MiB arguments per device "
+                      "(XLA memory analysis)"),
   ]
   return "\n".join(f"{name:>17s}: {value}" for name, value in lines)

@@ -3,7 +3,8 @@
 Each command checks its input first (workdir, checkpoint, files, line lengths) and
 raises a one-line ValueError / OSError naming the problem before anything is compiled;
 the entry points print it as `error: ...` and exit 1. Nothing here writes into the
-workdir except `average`, which writes only WORKDIR/averaged/.
+workdir except `average`, which writes only WORKDIR/averaged/ (and translate's
+--attention_map picture, which goes where the flag says).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import IO, Any
 
 from absl import logging
 
-from transformer import averaging, evaluation, run_records
+from transformer import attention_maps, averaging, evaluation, run_records
 from transformer import run as run_lib
 from transformer.data import text_files
 
@@ -60,11 +61,23 @@ def _check_decoding(beam_size: int, alpha: float, batch_size: int) -> None:
     raise UsageError(f"--batch_size={batch_size} must be >= 1")
 
 
+def _check_picture(path: str) -> None:
+  if not path.lower().endswith(".png"):
+    raise UsageError(f"--attention_map={path!r} must name a .png file")
+  parent = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(parent):
+    raise UsageError(f"--attention_map={path!r}: directory {parent!r} does not exist")
+
+
 def translate(workdir: str, *, input_path: str | None = None, beam_size: int = 4,
               alpha: float = 0.6, checkpoint: str = "latest", batch_size: int = 32,
-              stdin: IO[str] | None = None, stdout: IO[str] | None = None) -> list[str]:
-  """Prints one translation per input line, in order; returns them."""
+              attention_map: str | None = None, stdin: IO[str] | None = None,
+              stdout: IO[str] | None = None) -> list[str]:
+  """Prints one translation per input line, in order; returns them. With attention_map,
+  also draws the first line's decoder cross-attention (teacher-forced on its output)."""
   _check_decoding(beam_size, alpha, batch_size)
+  if attention_map:
+    _check_picture(attention_map)
   run = run_lib.load(workdir)
   run.check_translation()
   run_lib.check_checkpoint(run, checkpoint)
@@ -81,6 +94,11 @@ def translate(workdir: str, *, input_path: str | None = None, beam_size: int = 4
   for line in hypotheses:
     out.write(line.replace("\n", " ") + "\n")
   out.flush()
+  if attention_map:  # check_translation above refused decoder-only runs (no cross-attention)
+    attention_maps.plot_translation(
+        run, evaluation.device_params(run.model, params), sources[0], outputs[0], attention_map,
+        f"Cross-attention of input line 1, teacher-forced on its output\n{run.direction}")
+    logging.info("attention map of line 1: %s", attention_map)
   return hypotheses
 
 

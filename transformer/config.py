@@ -12,13 +12,13 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from transformer.attention import IMPLEMENTATIONS, ScalePolicy, parse_scale
+from transformer.attention import IMPLEMENTATIONS, KINDS, ScalePolicy, parse_scale
 
 NORM_POSITIONS = ("post", "pre")
 POSITIONAL_ENCODINGS = ("sinusoidal", "learned")
 ACTIVATIONS = ("relu", "gelu")
 DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION_KINDS = ("encoder_self", "decoder_self", "cross")
+ATTENTION_SITES = ("encoder_self", "decoder_self", "cross")  # where attention runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +28,7 @@ class TransformerConfig:
   target_vocab_size: int | None = None  # None: same as vocab_size
   d_model: int = 512
   num_heads: int = 8
+  head_dim: int | None = None        # d_k = d_v per head; None: d_model // num_heads
   d_ff: int = 2048
   num_encoder_layers: int = 6        # 0 gives a decoder-only language model
   num_decoder_layers: int = 6
@@ -36,11 +37,18 @@ class TransformerConfig:
   ffn_dropout_rate: float = 0.0      # after the FFN's inner activation
   norm_position: str = "post"        # 'post' = LayerNorm(x + Sublayer(x)), the paper
   layer_norm_epsilon: float = 1e-6
-  attention_scale: str = "inv_sqrt_dk"  # a policy of transformer.attention, for every kind
-  # Per-kind overrides of attention_scale (None: use attention_scale).
+  attention_kind: str = "dot_product"  # transformer.attention.KINDS, at every site
+  attention_scale: str = "inv_sqrt_dk"  # a policy of transformer.attention, at every site
+  # Per-site overrides of attention_kind / attention_scale (None: the setting above).
+  encoder_self_attention_kind: str | None = None
+  decoder_self_attention_kind: str | None = None
+  cross_attention_kind: str | None = None
   encoder_self_attention_scale: str | None = None
   decoder_self_attention_scale: str | None = None
   cross_attention_scale: str | None = None
+  # Queries scored at a time by kinds that build a [B, T, S, H, D] tensor (additive), to
+  # bound memory; same values. 0: all queries at once.
+  attention_query_block: int = 64
   attention_implementation: str = "reference"  # or 'xla' / 'cudnn' (jax.nn.dot_product_attention)
   positional_encoding: str = "sinusoidal"
   activation: str = "relu"
@@ -69,9 +77,16 @@ class TransformerConfig:
       problems.append(f"target_vocab_size={self.target_vocab_size!r} must be a positive integer")
     if not isinstance(self.num_encoder_layers, int) or self.num_encoder_layers < 0:
       problems.append(f"num_encoder_layers={self.num_encoder_layers!r} must be >= 0")
-    if (isinstance(self.d_model, int) and isinstance(self.num_heads, int) and self.num_heads > 0
-        and self.d_model % self.num_heads):
-      problems.append(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
+    if self.head_dim is not None and (not isinstance(self.head_dim, int) or self.head_dim <= 0):
+      problems.append(f"head_dim={self.head_dim!r} must be a positive integer (or None: "
+                      "d_model // num_heads)")
+    if (self.head_dim is None and isinstance(self.d_model, int) and isinstance(self.num_heads, int)
+        and self.num_heads > 0 and self.d_model % self.num_heads):
+      problems.append(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
+                      "set head_dim to decouple them")
+    if not isinstance(self.attention_query_block, int) or self.attention_query_block < 0:
+      problems.append(f"attention_query_block={self.attention_query_block!r} must be an integer "
+                      ">= 0 (0: all queries at once)")
     for name in ("dropout_rate", "attention_dropout_rate", "ffn_dropout_rate"):
       value = getattr(self, name)
       if not 0.0 <= value < 1.0:
@@ -95,24 +110,42 @@ class TransformerConfig:
     if self.share_embeddings and self.target_vocab_size not in (None, self.vocab_size):
       problems.append(f"share_embeddings needs one vocabulary, got vocab_size={self.vocab_size} "
                       f"and target_vocab_size={self.target_vocab_size}")
-    # The scale policies, parsed here once: the attention layers read them from here.
-    policies = {}
-    for kind in ATTENTION_KINDS:
-      name = f"{kind}_attention_scale"
-      if getattr(self, name) is None:
-        name = "attention_scale"
+    # Kinds and scale policies per site, parsed here once: the attention layers read them.
+    kinds, policies = {}, {}
+    for site in ATTENTION_SITES:
+      kind_key = self._site_key(site, "kind")
+      kinds[site] = getattr(self, kind_key)
+      if kinds[site] not in KINDS:
+        problems.append(f"{kind_key}={kinds[site]!r} is not one of {', '.join(KINDS)}")
+        continue
+      scale_key = self._site_key(site, "scale")
       try:
-        policies[kind] = parse_scale(getattr(self, name))
+        policies[site] = parse_scale(getattr(self, scale_key))
       except ValueError as e:
-        problems.append(f"{name}: {e}")
+        problems.append(f"{scale_key}: {e}")
+        continue
+      if not KINDS[kinds[site]].scaled and policies[site] != parse_scale("inv_sqrt_dk"):
+        problems.append(f"{kind_key}={kinds[site]!r} has no scale, so {scale_key}="
+                        f"{getattr(self, scale_key)!r} means nothing for it; leave the {site} "
+                        "scale at 'inv_sqrt_dk'")
+      if kinds[site] != "dot_product" and self.attention_implementation != "reference":
+        problems.append(f"attention_implementation={self.attention_implementation!r} runs "
+                        f"dot_product attention only, not {kind_key}={kinds[site]!r}")
     if problems:
       raise ValueError("invalid TransformerConfig: " + "; ".join(problems))
-    object.__setattr__(self, "_scale_policies", policies)  # derived, not a field
+    object.__setattr__(self, "_site_kinds", kinds)  # derived, not fields
+    object.__setattr__(self, "_scale_policies", policies)
+
+  def _site_key(self, site: str, what: str) -> str:
+    """The field that sets a site's kind or scale: its override if set, else the global one."""
+    key = f"{site}_attention_{what}"
+    return key if getattr(self, key) is not None else f"attention_{what}"
 
   # Derived values.
   @property
-  def head_dim(self) -> int:
-    return self.d_model // self.num_heads
+  def d_k(self) -> int:
+    """Per-head width of queries, keys and values (d_k = d_v)."""
+    return self.head_dim or self.d_model // self.num_heads
 
   @property
   def output_vocab_size(self) -> int:
@@ -130,9 +163,13 @@ class TransformerConfig:
   def weights_dtype(self):
     return jnp.dtype(self.param_dtype)
 
-  def scale_policy(self, kind: str) -> ScalePolicy:
+  def attention_kind_at(self, site: str) -> str:
+    """The attention kind of 'encoder_self', 'decoder_self' or 'cross' attention."""
+    return self._site_kinds[site]
+
+  def scale_policy(self, site: str) -> ScalePolicy:
     """The parsed scale policy of 'encoder_self', 'decoder_self' or 'cross' attention."""
-    return self._scale_policies[kind]
+    return self._scale_policies[site]
 
   def replace(self, **changes: Any) -> "TransformerConfig":
     return dataclasses.replace(self, **changes)

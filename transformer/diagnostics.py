@@ -1,10 +1,12 @@
 """Attention diagnostics for the scale ablation, per layer and head, on a probe batch.
 
 Statistics (B batch, H heads, T queries, S keys; masked keys and fully masked query
-rows are excluded):
+rows, both read from the attention mask, are excluded):
   entropy_mean / entropy_min   entropy of each query's attention distribution (nats)
-  max_abs_logit / logit_std    of the scaled logits q.k * scale
+  max_abs_logit / logit_std    of the logits (dot-product: q.k * scale; additive: w.tanh(q+k))
   saturation                   share of query rows whose largest weight exceeds 0.99
+  grad_norm_logits             norm of the gradient reaching the logits (§3.2.1's "extremely
+                               small gradients" when the softmax saturates)
   grad_norm_query / _key       gradient norm reaching W^Q / W^K of each head
 
 At initialisation, with unit-variance inputs to the projections, logit_std^2 is about
@@ -13,7 +15,7 @@ d_k without scaling and about 1 with 1/sqrt(d_k) (§3.2.1's argument).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -27,10 +29,15 @@ from transformer.model import model_inputs
 SATURATION_THRESHOLD = 0.99
 
 
-def attention_stats(weights_BHTS: Array, logits_BHTS: Array | None = None) -> dict[str, Array]:
+def attention_stats(weights_BHTS: Array, logits_BHTS: Array | None = None,
+                    mask_BHTS: Array | None = None) -> dict[str, Array]:
   """Per-head statistics [H] of one attention layer (module docstring)."""
   w = weights_BHTS.astype(jnp.float32)
-  row_ok_BHT = jnp.sum(w, axis=-1) > 0.5  # fully masked rows have all-zero weights
+  if mask_BHTS is not None:
+    w = jnp.where(mask_BHTS, w, 0.0)
+    row_ok_BHT = jnp.any(mask_BHTS, axis=-1)
+  else:
+    row_ok_BHT = jnp.ones(w.shape[:-1], bool)
   n_rows_H = jnp.maximum(jnp.sum(row_ok_BHT, axis=(0, 2)), 1)
   entropy_BHT = -jnp.sum(jnp.where(w > 0, w * jnp.log(jnp.where(w > 0, w, 1.0)), 0.0), axis=-1)
   stats = {
@@ -40,76 +47,44 @@ def attention_stats(weights_BHTS: Array, logits_BHTS: Array | None = None) -> di
                             axis=(0, 2)) / n_rows_H,
   }
   if logits_BHTS is not None:
-    per_head = jnp.moveaxis(logits_BHTS.astype(jnp.float32), 1, 0).reshape(
-        logits_BHTS.shape[1], -1)
+    logits = logits_BHTS.astype(jnp.float32)
+    if mask_BHTS is not None:
+      logits = jnp.where(mask_BHTS, logits, jnp.nan)
+    per_head = jnp.moveaxis(logits, 1, 0).reshape(logits.shape[1], -1)
     stats["max_abs_logit"] = jnp.nanmax(jnp.abs(per_head), axis=-1)
     stats["logit_std"] = jnp.nanstd(per_head, axis=-1)
   return stats
 
 
-def _attention_layers(intermediates: Mapping[str, Any], prefix: str = ""):
-  """Yields (name, weights, logits) for every attention layer sown in `intermediates`.
+def attention_modules(tree: Mapping[str, Any], marker: str, path: tuple[str, ...] = (),
+                      scanned: bool = False) -> Iterator[tuple[str, Any]]:
+  """(layer name, subtree) of every attention module in a params, gradient,
+  intermediates or perturbations tree; the module is the dict holding key `marker`.
 
-  Layers stacked by nn.scan ([N, B, H, T, S]) are split into N named layers.
+  Names are 'encoder_0/self_attention', 'decoder_1/cross_attention', ...; stacks of
+  nn.scan (leading layer axis under 'layers/layer') are split into their layers.
   """
-  if "attention_weights" in intermediates:
-    weights = intermediates["attention_weights"][0]
-    logits = intermediates.get("attention_logits", (None,))[0]
-    if weights.ndim == 5:  # scanned: leading layer axis
-      base, _, kind = prefix.rpartition("/")
-      stack = base.split("/")[0]
-      for i in range(weights.shape[0]):
-        yield (f"{stack}_{i}/{kind}", weights[i], None if logits is None else logits[i])
-    else:
-      yield prefix, weights, logits
-    return
-  for key, value in intermediates.items():
-    if isinstance(value, Mapping):  # nn.scan's 'layers/layer' levels add nothing to the name
-      name = prefix if key in ("layers", "layer") else (f"{prefix}/{key}" if prefix else key)
-      yield from _attention_layers(value, name)
-
-
-def _short(name: str) -> str:
-  """'encoder/encoder_0/self_attention' -> 'encoder_0/self_attention'."""
-  parts = [p for p in name.split("/") if p not in ("encoder", "decoder")]
-  return "/".join(parts)
-
-
-def _apply_probe(model, params, batch: Mapping[str, Array]):
-  _, state = model.apply({"params": params}, **model_inputs(batch), deterministic=True,
-                         mutable=["intermediates"])
-  return [(_short(name), w, l) for name, w, l in _attention_layers(state["intermediates"])]
-
-
-def qk_gradient_norms(grads: Mapping[str, Any]) -> dict[str, dict[str, Array]]:
-  """{layer name: {'grad_norm_query': [H], 'grad_norm_key': [H]}} from a gradient tree.
-
-  Kernels are [M, H, D] (or [N, M, H, D] when layers are scanned); each head's norm
-  covers its kernel slice and bias (if any).
-  """
-  out: dict[str, dict[str, Array]] = {}
-
-  def visit(tree, prefix):
-    if "query" in tree and "key" in tree and "out" in tree:
-      for proj in ("query", "key"):
-        sq = jnp.sum(jnp.square(tree[proj]["kernel"]), axis=-1).sum(axis=-2)
-        if "bias" in tree[proj]:   # absent with attention_bias=False
-          sq = sq + jnp.sum(jnp.square(tree[proj]["bias"]), -1)
-        if sq.ndim == 2:  # scanned: [N, H]
-          stack, _, kind = prefix.rpartition("/")
-          for i in range(sq.shape[0]):
-            out.setdefault(_short(f"{stack.split('/')[0]}_{i}/{kind}"), {})[
-                f"grad_norm_{proj}"] = jnp.sqrt(sq[i])
-        else:
-          out.setdefault(_short(prefix), {})[f"grad_norm_{proj}"] = jnp.sqrt(sq)
+  if marker in tree:
+    if not scanned:
+      yield "/".join(p for p in path if p not in ("encoder", "decoder")), tree
       return
-    for key, value in tree.items():
-      if isinstance(value, Mapping):
-        name = prefix if key in ("layers", "layer") else (f"{prefix}/{key}" if prefix else key)
-        visit(value, name)
+    for i in range(jax.tree.leaves(tree)[0].shape[0]):
+      yield f"{path[0]}_{i}/{path[-1]}", jax.tree.map(lambda x, i=i: x[i], tree)
+    return
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      if key in ("layers", "layer"):
+        yield from attention_modules(value, marker, path, True)
+      else:
+        yield from attention_modules(value, marker, path + (key,), scanned)
 
-  visit(grads, "")
-  return out
+
+def _head_norms(module_grads: Mapping[str, Any], proj: str) -> Array:
+  """Per-head gradient norm [H] of W^Q or W^K (kernel [M, H, D], bias [H, D] if any)."""
+  sq_H = jnp.sum(jnp.square(module_grads[proj]["kernel"]), axis=(0, 2))
+  if "bias" in module_grads[proj]:   # absent with attention_bias=False
+    sq_H = sq_H + jnp.sum(jnp.square(module_grads[proj]["bias"]), axis=-1)
+  return jnp.sqrt(sq_H)
 
 
 def flatten(stats: Mapping[str, Mapping[str, Array]], prefix: str = "attn") -> dict[str, float]:
@@ -124,26 +99,50 @@ def flatten(stats: Mapping[str, Mapping[str, Array]], prefix: str = "attn") -> d
   return flat
 
 
+def _probe_state(model, params, batch: Mapping[str, Array]) -> dict[str, Any]:
+  """The sown intermediates and the zero logit perturbations of a deterministic pass."""
+  _, state = model.apply({"params": params}, **model_inputs(batch), deterministic=True,
+                         mutable=["intermediates", "perturbations"])
+  return state
+
+
+def _layers(state: Mapping[str, Any]) -> list[tuple[str, Array, Array, Array]]:
+  return [(name, m["attention_weights"][0], m["attention_logits"][0], m["attention_mask"][0])
+          for name, m in attention_modules(state["intermediates"], "attention_weights")]
+
+
+def _apply_probe(model, params, batch: Mapping[str, Array]):
+  """[(name, weights, logits, mask)] of every attention layer, each [B, H, T, S]."""
+  return _layers(_probe_state(model, params, batch))
+
+
 class Probe:
   """The diagnostics of a fixed probe batch, jit-compiled once; used by the training loop.
 
-  The gradient norms are those of the unsmoothed cross-entropy of the probe batch.
+  The gradient norms are those of the unsmoothed per-token cross-entropy of the batch.
   """
 
   def __init__(self, model, batch: Mapping[str, np.ndarray], rows: int = 4):
     self.batch = {k: jnp.asarray(v[:rows]) for k, v in model_inputs(batch).items()
                   if v is not None}
 
-    def loss_fn(params):
-      sums = step.loss_sums(model, params, self.batch, label_smoothing=0.0)
+    def loss_fn(params, perturbations):
+      sums = step.loss_sums(model, params, self.batch, label_smoothing=0.0,
+                            perturbations=perturbations)
       return sums["nll_sum"] / jnp.maximum(sums["token_count"], 1.0)
 
     def run(params):
-      layers = _apply_probe(model, params, self.batch)
-      stats = {name: attention_stats(w, l) for name, w, l in layers}
-      for name, norms in qk_gradient_norms(jax.grad(loss_fn)(params)).items():
-        stats.setdefault(name, {}).update(norms)
-      return stats, {name: w[0] for name, w, _ in layers}  # maps of the first example
+      state = _probe_state(model, params, self.batch)
+      layers, zeros = _layers(state), state["perturbations"]
+      stats = {name: attention_stats(w, l, m) for name, w, l, m in layers}
+      grads, logit_grads = jax.grad(loss_fn, argnums=(0, 1))(params, zeros)
+      for name, g in attention_modules(logit_grads, "attention_logits"):
+        stats[name]["grad_norm_logits"] = jnp.sqrt(
+            jnp.sum(jnp.square(g["attention_logits"]), axis=(0, 2, 3)))
+      for name, g in attention_modules(grads, "query"):
+        stats[name].update(grad_norm_query=_head_norms(g, "query"),
+                           grad_norm_key=_head_norms(g, "key"))
+      return stats, {name: w[0] for name, w, _, _ in layers}  # maps of the first example
 
     self._run = jax.jit(run)
 

@@ -13,17 +13,20 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from transformer.attention import dot_product_attention
+from transformer.attention import KINDS, attention
 from transformer.config import TransformerConfig
 
 
 class MultiHeadAttention(nn.Module):
   """MultiHead(Q, K, V) = Concat(head_1..head_h) W^O, head_i = Attention(Q W_i^Q, ...) (§3.2.2).
 
-  `kind` ('encoder_self', 'decoder_self' or 'cross') picks the scale policy from the config.
-  When the 'intermediates' collection is mutable, the float32 attention weights and
-  scaled logits (NaN where masked) are sown as 'attention_weights' and 'attention_logits'
-  [B, H, T, S] (diagnostics and pictures; `transformer.diagnostics`).
+  W^Q, W^K, W^V: d_model -> H x d_k, W^O: H x d_k -> d_model (d_k = config.d_k). `site`
+  ('encoder_self', 'decoder_self' or 'cross') picks the attention kind and scale policy
+  from the config. When the 'intermediates' collection is mutable, the float32 attention
+  weights, logits (NaN where masked) and mask are sown as 'attention_weights',
+  'attention_logits' and 'attention_mask' [B, H, T, S]; with a 'perturbations' collection
+  a zero is added to the logits, whose gradient is the one reaching them
+  (`transformer.diagnostics`).
 
   decode=True is incremental decoding with the 'cache' collection. The first such call
   (over a full-length dummy target) creates the cache: for self-attention empty key and
@@ -32,58 +35,66 @@ class MultiHeadAttention(nn.Module):
   positions filled so far.
   """
   config: TransformerConfig
-  kind: str
+  site: str
 
   @nn.compact
   def __call__(self, x_q_BTM: Array, x_kv_BSM: Array, mask: Array | None,
                deterministic: bool = True, decode: bool = False) -> Array:
     cfg = self.config
-    H, D = cfg.num_heads, cfg.head_dim
+    H, D = cfg.num_heads, cfg.d_k
+    kind, policy = cfg.attention_kind_at(self.site), cfg.scale_policy(self.site)
 
     def dense(name):  # W_i^Q, W_i^K or W_i^V of all heads at once
       return nn.DenseGeneral(features=(H, D), use_bias=cfg.attention_bias,
                              dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype, name=name)
 
-    policy = cfg.scale_policy(self.kind)
     normalize = _l2_normalize if policy.kind == "qk_norm" else (lambda x: x)
     q_BTHD = normalize(dense("query")(x_q_BTM))
-    if decode and self.kind == "cross" and self.has_variable("cache", "cached_key"):
+    if decode and self.site == "cross" and self.has_variable("cache", "cached_key"):
       k_BSHD = self.get_variable("cache", "cached_key")
       v_BSHD = self.get_variable("cache", "cached_value")
     else:
       k_BSHD = normalize(dense("key")(x_kv_BSM))
       v_BSHD = dense("value")(x_kv_BSM)
-      if decode and self.kind == "cross":  # the memory's projections, once per sequence
+      if decode and self.site == "cross":  # the memory's projections, once per sequence
         self.put_variable("cache", "cached_key", k_BSHD)
         self.put_variable("cache", "cached_value", v_BSHD)
-    if decode and self.kind != "cross":
+    if decode and self.site != "cross":
       k_BSHD, v_BSHD, mask = self._extend_cache(k_BSHD, v_BSHD, mask)
 
-    if policy.kind == "learned":
-      scale = self.param("scale", nn.initializers.constant(1.0 / math.sqrt(D)), (H,),
-                         jnp.float32)
-    elif policy.kind == "qk_norm":
-      # Cosine similarity per head times a learned g. g starts at sqrt(d_k), so at
-      # initialisation the logits of random q, k have unit variance, as with 1/sqrt(d_k).
-      scale = self.param("scale", nn.initializers.constant(math.sqrt(D)), (H,), jnp.float32)
-    else:
-      scale = policy.static_scale(D)
-
+    params = {name: self.param(name, init, shape, jnp.float32)
+              for name, (shape, init) in KINDS[kind].params(H, D).items()}
     use_dropout = cfg.attention_dropout_rate > 0.0 and not deterministic
     sow = (self.is_mutable_collection("intermediates")
            and cfg.attention_implementation == "reference")
-    out = dot_product_attention(
-        q_BTHD, k_BSHD, v_BSHD, scale=scale, mask=mask, softcap=policy.softcap,
-        dropout_rate=cfg.attention_dropout_rate,
+    out = attention(
+        q_BTHD, k_BSHD, v_BSHD, kind=kind,
+        scale=self._scale(policy, H, D) if KINDS[kind].scaled else None, params=params,
+        mask=mask, softcap=policy.softcap, dropout_rate=cfg.attention_dropout_rate,
         dropout_rng=self.make_rng("dropout") if use_dropout else None,
+        query_block=cfg.attention_query_block,
+        logits_hook=lambda logits: self.perturb("attention_logits", logits),
         implementation=cfg.attention_implementation, return_intermediates=sow)
     if sow:  # for the diagnostics and pictures of the scale ablation
       out, logits_BHTS, weights_BHTS = out
       self.sow("intermediates", "attention_weights", weights_BHTS)
       self.sow("intermediates", "attention_logits", logits_BHTS)
+      self.sow("intermediates", "attention_mask",
+               jnp.ones(logits_BHTS.shape, bool) if mask is None
+               else jnp.broadcast_to(mask, logits_BHTS.shape))
     return nn.DenseGeneral(features=cfg.d_model, axis=(-2, -1), use_bias=cfg.attention_bias,
                            dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
                            name="out")(out)
+
+  def _scale(self, policy, H: int, D: int) -> float | Array:
+    """The dot-product factor of the site's scale policy: a float, or learned per head [H]."""
+    if policy.kind == "learned":
+      return self.param("scale", nn.initializers.constant(1.0 / math.sqrt(D)), (H,), jnp.float32)
+    if policy.kind == "qk_norm":
+      # Cosine similarity per head times a learned g. g starts at sqrt(d_k), so at
+      # initialisation the logits of random q, k have unit variance, as with 1/sqrt(d_k).
+      return self.param("scale", nn.initializers.constant(math.sqrt(D)), (H,), jnp.float32)
+    return policy.static_scale(D)
 
   def _extend_cache(self, k_BSHD: Array, v_BSHD: Array, mask: Array | None):
     """Self-attention cache: create it (first call) or append one step's key and value."""

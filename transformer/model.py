@@ -112,7 +112,8 @@ class LayerStack(nn.Module):
     n = cfg.num_encoder_layers if self.kind == "encoder" else cfg.num_decoder_layers
     if cfg.scan_layers:
       layer_cls = nn.remat(_ScanLayer) if cfg.remat else _ScanLayer
-      stack = nn.scan(layer_cls, variable_axes={"params": 0, "cache": 0, "intermediates": 0},
+      stack = nn.scan(layer_cls, variable_axes={"params": 0, "cache": 0, "intermediates": 0,
+                                                 "perturbations": 0},
                       split_rngs={"params": True, "dropout": True},
                       in_axes=(nn.broadcast,) * len(args), length=n)
       x, _ = stack(cfg, self.kind, deterministic, decode, name="layers")(x, *args)

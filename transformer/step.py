@@ -47,15 +47,20 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, key: Array, *
 
 
 def loss_sums(model: nn.Module, params: Any, batch: Batch, label_smoothing: float,
-              dropout_key: Array | None = None) -> dict[str, Array]:
+              dropout_key: Array | None = None, perturbations: Any = None) -> dict[str, Array]:
   """The teacher-forced metric sums of a batch (`losses.batch_metric_sums`); rows whose
-  `valid` is False count 0. With a dropout key the model runs in training mode."""
+  `valid` is False count 0. With a dropout key the model runs in training mode.
+  perturbations: zeros the model adds to intermediate values (the diagnostics
+  differentiate with respect to them)."""
   targets_BT = batch["targets"]
   segments_BT = batch.get("targets_segment_ids")
   weights_BT = losses.target_weights(targets_BT, segments_BT)
   if "valid" in batch:
     weights_BT = weights_BT * batch["valid"].astype(jnp.float32)[:, None]
-  logits_BTV = model.apply({"params": params}, **model_inputs(batch),
+  variables = {"params": params}
+  if perturbations is not None:
+    variables["perturbations"] = perturbations
+  logits_BTV = model.apply(variables, **model_inputs(batch),
                            deterministic=dropout_key is None,
                            rngs=None if dropout_key is None else {"dropout": dropout_key})
   return losses.batch_metric_sums(logits_BTV, targets_BT, weights_BT, segments_BT,

@@ -19,8 +19,8 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from transformer import (checkpoint, data, diagnostics, losses, optim, parallel, run_records,
-                         settings)
+from transformer import (attention_maps, checkpoint, data, diagnostics, losses, optim, parallel,
+                         run_records, settings)
 from transformer import run as run_lib
 from transformer import step as step_lib
 from transformer.run import Run
@@ -116,17 +116,19 @@ def _log_attention(run: Run, dp: parallel.DataParallel, params: Any, writer, ste
 
   Logged under split 'attention', at step 0 too (the initialisation, where §3.2.1's
   argument about the logit variance applies); the first probe example's maps are saved to
-  WORKDIR/attention_probe.npz (overwritten at each evaluation; the sweep plots the last).
+  WORKDIR/attention_probe.npz with its tokens ('tokens/source', 'tokens/target'; see
+  `attention_maps.probe_tokens`), overwritten at each evaluation; the sweep plots the last.
   """
   if "probe" not in run.cache:
     first = _eval_batches(run, run.data.eval_split)[0]
     run.cache["probe"] = diagnostics.Probe(run.model, first)
+    run.cache["probe_tokens"] = attention_maps.probe_tokens(run.tokenizer, first)
   stats, maps = run.cache["probe"](dp.fetch(params))
   writer.write(step, "attention", stats)
   if jax.process_index() == 0:
     tmp = os.path.join(run.workdir, "attention_probe.tmp.npz")
-    np.savez(tmp, **maps)
-    os.replace(tmp, os.path.join(run.workdir, "attention_probe.npz"))
+    np.savez(tmp, **maps, **run.cache["probe_tokens"])
+    os.replace(tmp, os.path.join(run.workdir, attention_maps.PROBE_FILE))
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
