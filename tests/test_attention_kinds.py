@@ -212,3 +212,32 @@ def test_additive_model_with_free_head_dim_learns_to_copy():
   for row, tokens in enumerate(out):
     n = int(np.argmax(tokens == 2)) + 1 if (tokens == 2).any() else len(tokens)
     np.testing.assert_array_equal(argmax[row, :n], tokens[:n])
+
+
+def test_a_new_kind_is_one_function_and_one_registry_line(monkeypatch):
+  """Sigmoid attention (weights sigmoid(logits - log S), masked; rows need not sum to 1),
+  added as a researcher would: the model, cached decoding and diagnostics take it as is."""
+  from transformer import attention as attn, diagnostics  # noqa: PLC0415
+
+  def masked_sigmoid(logits_BHTS, mask):
+    weights = jax.nn.sigmoid(logits_BHTS - jnp.log(logits_BHTS.shape[-1]))
+    return weights if mask is None else jnp.where(mask, weights, 0.0)
+
+  monkeypatch.setitem(attn.KINDS, "sigmoid", attn.AttentionKind(
+      attn.dot_product_scores, scaled=True, weights=masked_sigmoid))
+  cfg = TransformerConfig.tiny(attention_kind="sigmoid", num_encoder_layers=1,
+                               num_decoder_layers=1)
+  model, params = init(cfg)
+  src = random_ids(7, (2, 6)).at[0, 4:].set(0)
+  tgt = random_ids(8, (2, 5))
+  _, state = model.apply({"params": params}, src, tgt, mutable=["intermediates"])
+  weights = state["intermediates"]["encoder"]["encoder_0"]["self_attention"][
+      "attention_weights"][0]
+  assert float(weights[0, :, :4].sum(-1).min()) < 0.5   # not a softmax: rows the old rule dropped
+  stats, _ = diagnostics.Probe(model, {"inputs": src, "targets": tgt})(params)
+  assert stats["attn/encoder_0/self_attention/entropy_min/mean"] > 0
+  full = model.apply({"params": params}, src, tgt)
+  step_fn, cache = decoding.model_step_fn(model, params, src, 2, tgt.shape[1])
+  logp, _ = step_fn(jnp.full((2,), cfg.bos_id), jnp.array(0), cache)
+  np.testing.assert_allclose(np.asarray(logp), np.asarray(jax.nn.log_softmax(full[:, 0])),
+                             atol=1e-4, rtol=1e-4)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer import diagnostics
+from transformer import diagnostics, step
 from transformer.config import TransformerConfig
 from transformer.model import Transformer
 from transformer.params import stack_layers
@@ -71,10 +71,11 @@ def test_logit_variance_at_init_shows_the_papers_argument(scale, expected_var):
   assert expected_var / 2 < var < expected_var * 2, var
 
 
-@pytest.mark.parametrize("attention_bias", [True, False])
-def test_probe_names_every_layer_and_scan_gives_the_same_numbers(attention_bias):
+@pytest.mark.parametrize("attention_bias,kind", [(True, "dot_product"), (False, "dot_product"),
+                                                (False, "additive")])
+def test_probe_names_every_layer_and_scan_gives_the_same_numbers(attention_bias, kind):
   model, params, batch = model_and_batch("inv_sqrt_dk", d_model=32, num_heads=2,
-                                         attention_bias=attention_bias)
+                                         attention_bias=attention_bias, attention_kind=kind)
 
   stats, maps = diagnostics.Probe(model, batch)(params)
   layers = {"encoder_0/self_attention", "encoder_1/self_attention",
@@ -95,3 +96,27 @@ def test_probe_names_every_layer_and_scan_gives_the_same_numbers(attention_bias)
     np.testing.assert_allclose(scanned_maps[layer], maps[layer], rtol=1e-5, atol=1e-5)
   assert stats["attn/encoder_0/self_attention/entropy_mean/mean"] == pytest.approx(
       np.mean([stats[f"attn/encoder_0/self_attention/entropy_mean/h{h}"] for h in range(2)]))
+
+
+def test_logit_gradient_is_the_gradient_reaching_the_logits():
+  """Checked through the chain rule of a learned scale: logits = s_h * raw, so
+  dL/ds_h = sum over (b, t, s) of dL/dlogits * raw; masked logits get no gradient."""
+  model, params, batch = model_and_batch("learned", d_model=32, num_heads=2)
+  batch["inputs"] = batch["inputs"].at[:, 20:].set(0)  # padding: masked keys
+  state = diagnostics._probe_state(model, params, batch)
+
+  def loss(params, perturbations):
+    return step.loss_sums(model, params, batch, 0.0, perturbations=perturbations)["nll_sum"]
+
+  grads, logit_grads = jax.grad(loss, argnums=(0, 1))(params, state["perturbations"])
+  site = ("encoder", "encoder_1", "self_attention")
+  g = logit_grads[site[0]][site[1]][site[2]]["attention_logits"]
+  sown = state["intermediates"][site[0]][site[1]][site[2]]
+  mask = np.asarray(sown["attention_mask"][0])
+  scale = params[site[0]][site[1]][site[2]]["scale"]
+  raw = np.nan_to_num(np.asarray(sown["attention_logits"][0])) / np.asarray(scale)[:, None, None]
+  np.testing.assert_allclose(np.sum(np.asarray(g) * raw, axis=(0, 2, 3)),
+                             grads[site[0]][site[1]][site[2]]["scale"], rtol=1e-3, atol=1e-6)
+  assert not mask.all() and np.all(np.asarray(g)[~mask] == 0)
+  stats, _ = diagnostics.Probe(model, batch)(params)
+  assert stats["attn/encoder_1/self_attention/grad_norm_logits/h0"] > 0

@@ -1,14 +1,15 @@
 """Attention as pure functions over explicit arrays (paper §3.2).
 
-  Attention(Q, K, V) = weights(scores(Q, K), mask) V        weights: a masked softmax
+  Attention(Q, K, V) = weights(scores(Q, K), mask) V     weights: the masked softmax
 
 Attention kinds (`KINDS`), compared in §3.2.1:
   dot_product  scores = Q K^T * scale                (§3.2.1, Eq. 1; scale = 1/sqrt(d_k))
   additive     scores_h(q, k) = w_h^T tanh(q + k)    (Bahdanau et al. 2015), w_h in R^{d_k}
                per head; with attention_bias the projections' biases sit inside the tanh
 
-A new kind is one score function and one line in `KINDS`: the masked float32 weights,
-dropout, value sum, masks, caching, diagnostics and configs come with it.
+A new kind is one function (its scores, or its weights) and one line in `KINDS`: the
+masked float32 weights, dropout, value sum, masks, caching, diagnostics and configs come
+with it (tests/test_attention_kinds.py adds sigmoid attention that way).
 
 Shape legend: B batch, T query length, S key/value length, H heads, D head dim
 (d_k = d_v). Masks are boolean, True = "may attend", broadcastable to [B, H, T, S]
@@ -73,11 +74,12 @@ def _additive_params(num_heads: int, head_dim: int) -> ParamSpecs:
 
 @dataclasses.dataclass(frozen=True)
 class AttentionKind:
-  """A way of scoring keys; the weights, dropout and value sum are shared."""
+  """A way of scoring keys (and of weighing them); dropout and the value sum are shared."""
   scores: Callable[..., Array]            # (q, k, **params) -> float32 logits [B, H, T, S]
   params: Callable[[int, int], ParamSpecs] = lambda num_heads, head_dim: {}  # learned arrays
   scaled: bool = False                    # takes the scale policy's factor as `scale`
   query_blocks: bool = False              # scores computed per block of queries (memory)
+  weights: Callable[[Array, Array | None], Array] | None = None  # None: `masked_softmax`
 
 
 KINDS: dict[str, AttentionKind] = {
@@ -135,7 +137,7 @@ def attention(
     logits_BHTS = softcap * jnp.tanh(logits_BHTS / softcap)
   if logits_hook is not None:
     logits_BHTS = logits_hook(logits_BHTS)
-  weights_BHTS = masked_softmax(logits_BHTS, mask)
+  weights_BHTS = (spec.weights or masked_softmax)(logits_BHTS, mask)
   probs_BHTS = weights_BHTS
   if use_dropout:
     keep_BHTS = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights_BHTS.shape)
