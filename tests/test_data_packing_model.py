@@ -30,10 +30,12 @@ def unpack(batch, row, segment, key):
   return out, len(ids)
 
 
-@pytest.mark.parametrize("decoder_only", [False, True])
-def test_packed_logits_equal_one_by_one(packed_batch, decoder_only):
+@pytest.mark.parametrize("decoder_only,kind", [(False, "dot_product"), (True, "dot_product"),
+                                               (False, "additive")])
+def test_packed_logits_equal_one_by_one(packed_batch, decoder_only, kind):
   model_cfg = TransformerConfig.tiny(vocab_size=32, max_len=LENGTH, num_decoder_layers=1,
-                                     num_encoder_layers=0 if decoder_only else 1)
+                                     num_encoder_layers=0 if decoder_only else 1,
+                                     attention_kind=kind)
   model = Transformer(model_cfg)
   b = packed_batch
   inputs = None if decoder_only else b["inputs"]
