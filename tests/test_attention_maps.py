@@ -91,8 +91,9 @@ def test_probe_pictures_label_tokens_or_positions(workdir, tmp_path):
   n = len(tokens)
   assert [_tick_labels(ax) for ax in grid] == [(tokens, tokens)] * 2 + [
       ([str(i) for i in range(n)],) * 2] * 2
-  assert grid[1].get_title() == "new: encoder_0/self_attention, head 1"
-  assert grid[0].get_ylabel() == grid[0].get_xlabel() == attention_maps.SOURCE
+  assert grid[1].get_title() == "encoder_0/self_attention, head 1"
+  assert grid[0].get_ylabel() == "new\n" + attention_maps.SOURCE   # the run's name, beside it
+  assert grid[0].get_xlabel() == attention_maps.SOURCE
   # The sweep's entry point: one row per name, its first run with a probe file.
   records = [{"run_dir": str(tmp_path / "none"), "name": "new"},
              {"run_dir": workdir, "name": "new"}, {"run_dir": str(old), "name": "new"},

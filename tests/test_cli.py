@@ -14,13 +14,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
      "error: bad config override (in --config.nosuch=1): AttributeError"),
     ("experiments.train", ["--config.model.d_model=abc"],
      "error: flag --config.model.d_model=abc: invalid literal for int()"),
-    ("experiments.ablate_scale", ["--config.model.nosuch=2", "--scales=none"],
+    ("experiments.sweep", ["--config.model.nosuch=2", "--grid=model.attention_scale=none"],
      "error: bad config override (in --config.model.nosuch=2)"),
-    ("experiments.ablate_scale", ["--scales=none,bogus"], "unknown attention scale 'bogus'"),
+    ("experiments.sweep", ["--grid=model.attention_scale=none,bogus"],
+     "grid point attention_scale=bogus,seed=0: invalid TransformerConfig: attention_scale: "
+     "unknown attention scale 'bogus'"),
+    ("experiments.sweep", ["--grid=model.d_fff=1,2"],
+     "--grid=model.d_fff: unknown config key; did you mean model.d_ff?"),
     ("experiments.count_params", ["--vocab_size=0"], "--vocab_size=0 must be positive"),
 ])
 def test_bad_command_lines_fail_in_one_line(tmp_path, module, args, message):
-  config = "experiments/configs/scale_ablation.py" if "ablate" in module else \
+  config = "experiments/configs/scale_ablation.py" if "sweep" in module else \
       "experiments/configs/default.py"
   base = [] if module.endswith("count_params") else [f"--config={config}",
                                                       f"--workdir={tmp_path / 'run'}"]

@@ -1,89 +1,276 @@
-"""The scale-ablation sweep on two tiny real runs: tables, pictures, reuse, divergence."""
+"""The sweep on tiny real runs: names, tables, pivot, pictures, reuse, resume, refusal, the
+dry run, divergence, bad grids, and the submitit launcher with real subprocess jobs."""
 
 import csv
+import json
 import os
+import re
 
 import pytest
 
 from train_fixtures import loop_config
-from transformer import sweep, sweep_plots
+from transformer import settings, sweep, sweep_grid, sweep_plots, sweep_tables
 from transformer.train import train_and_evaluate
+
+# 1e38 overflows float32 logits to inf: the softmax gives NaN and the run diverges. The
+# step counts share compiled programs (cached), so 8 runs compile only twice.
+GRID = ["model.attention_scale=inv_sqrt_dk,constant:1e38", "num_train_steps=2,4"]
+SEEDS = [0, 1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """The seeds of a point compile the same programs: a persistent cache shares them (also
+  with the submitit jobs, which inherit the environment). Same programs, same bits."""
+  import jax  # noqa: PLC0415
+  path = str(tmp_path_factory.mktemp("jax_cache"))
+  previous = jax.config.jax_compilation_cache_dir
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  with pytest.MonkeyPatch.context() as env:
+    env.setenv("JAX_COMPILATION_CACHE_DIR", path)
+    env.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+    env.setenv("JAX_PLATFORMS", "cpu")
+    yield
+  jax.config.update("jax_compilation_cache_dir", previous)
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory):
-  root = tmp_path_factory.mktemp("sweep")
-  base = loop_config(str(root / "data"), num_train_steps=4, checkpoint_every_steps=4,
-                     **{"model.dropout_rate": 0.0})
-  calls = []
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
 
-  def counting_train(config, workdir):
-    calls.append(workdir)
+
+def base_config(data_dir, **overrides):
+  return loop_config(data_dir, num_train_steps=4, checkpoint_every_steps=4, eval_every_steps=4,
+                     **{"model.dropout_rate": 0.0, **overrides})
+
+
+class Counting:
+  """train_and_evaluate, counting the run directories it trains."""
+
+  def __init__(self):
+    self.calls = []
+
+  def __call__(self, config, workdir):
+    self.calls.append(os.path.basename(workdir))
     return train_and_evaluate(config, workdir)
 
-  # 1e38 overflows float32 logits to inf: the softmax gives NaN and the run diverges.
-  scales = ["inv_sqrt_dk", "constant:1e38"]
-  records = sweep.run_sweep(base, str(root / "sweep"), scales, [0], train_fn=counting_train)
-  return root / "sweep", base, scales, records, calls, counting_train
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, data_dir):
+  workdir = str(tmp_path_factory.mktemp("sweep"))
+  train = Counting()
+  records = sweep.run_sweep(sweep_grid.plan(base_config(data_dir), GRID, SEEDS), workdir,
+                            train_fn=train)
+  return workdir, records, train
 
 
-def test_runs_are_recorded_finished_or_diverged(swept):
-  workdir, _, _, records, calls, _ = swept
-  assert len(calls) == 2
-  status = {r["policy"]: r["status"] for r in records}
-  assert status == {"inv_sqrt_dk": "finished", "constant:1e38": "diverged"}
-  diverged = next(r for r in records if r["status"] == "diverged")
-  assert "non-finite" in diverged["message"]
-  assert os.path.exists(workdir / "inv_sqrt_dk_seed0" / "manifest.json")
-  attention = [m for m in sweep.run_metrics(str(workdir / "inv_sqrt_dk_seed0"))
-               if m["split"] == "attention"]
+def test_runs_are_named_by_their_values_and_recorded(swept):
+  workdir, records, train = swept
+  names = [f"attention_scale={s},num_train_steps={n},seed={seed}"
+           for s in ("inv_sqrt_dk", "constant-1e38") for n in (2, 4) for seed in SEEDS]
+  assert train.calls == names  # the product, seeds innermost; ':' sanitised
+  assert sorted(os.listdir(workdir)) == sorted(names)
+  run = records[3]
+  assert run["name"] == "attention_scale=inv_sqrt_dk,num_train_steps=4"
+  assert run["values"] == {"model.attention_scale": "inv_sqrt_dk", "num_train_steps": 4}
+  assert (run["seed"], run["run_dir"]) == (1, os.path.join(workdir, names[3]))
+  assert (run["config"]["num_train_steps"], run["config"]["seed"]) == (4, 1)
+  status = {(r["values"]["model.attention_scale"], r["values"]["num_train_steps"], r["seed"]):
+            r["status"] for r in records}
+  assert status == {(s, n, seed): "finished" if s == "inv_sqrt_dk" else "diverged"
+                    for s in ("inv_sqrt_dk", "constant:1e38") for n in (2, 4) for seed in SEEDS}
+  diverged = [r for r in records if r["status"] == "diverged"]
+  assert all("non-finite" in r["message"] for r in diverged)
+  with open(os.path.join(diverged[0]["run_dir"], sweep.STATUS_FILE)) as f:
+    on_disk = json.load(f)
+  assert on_disk["status"] == "diverged" and on_disk["config"]["model"]["attention_scale"] == \
+      "constant:1e38"
+  attention = [m for m in sweep_tables.run_metrics(run["run_dir"]) if m["split"] == "attention"]
   assert attention[0]["step"] == 0 and attention[-1]["step"] == 4  # initialisation and the end
-  assert attention[0]["attn/encoder_0/self_attention/logit_std/mean"] > 0
 
 
-def test_tables_and_pictures(swept):
-  workdir, _, _, records, _, _ = swept
-  rows = sweep.summarize(records, target_loss=100.0)
-  md, path_csv = sweep.write_tables(rows, records, str(workdir), 100.0)
-  text = open(md).read()
-  assert "| inv_sqrt_dk | 1/1 | 0 | 0 | 1 |" in text
-  assert "| constant:1e38 | 0/1 | 1 | 0 | 0 |" in text  # reported, not left out
+def test_tables_pivot_and_pictures(swept):
+  workdir, records, _ = swept
+  rows = sweep_tables.summarize(records, target_loss=100.0)
+  md, path_csv = sweep_tables.write_tables(rows, records, workdir, 100.0, metric="eval_loss")
   with open(path_csv) as f:
-    table = list(csv.DictReader(f))
-  assert [r["policy"] for r in table] == ["inv_sqrt_dk", "constant:1e38"]
-  assert float(table[0]["train_loss_mean"]) > 0 and table[0]["train_loss_n"] == "1"
-  assert table[1]["diverged"] == "1" and table[1]["train_loss_n"] == "0"
-  assert float(table[0]["steps_to_target_mean"]) == 1.0  # the first logged step is <= 100
-  pictures = sweep_plots.plot_sweep(records, str(workdir))
-  for name in ("loss_curves.png", "attention_stats.png", "attention_maps.png"):
-    path = workdir / name
-    assert str(path) in pictures and path.stat().st_size > 5000
+    reader = csv.DictReader(f)
+    table = list(reader)
+  assert reader.fieldnames[:7] == ["model.attention_scale", "num_train_steps", "runs",
+                                   "finished", "diverged", "failed", "reached_target"]
+  assert {"eval_loss_mean", "eval_loss_std", "eval_loss_n", "steps_to_target_mean"} <= \
+      set(reader.fieldnames)
+  assert [(r["model.attention_scale"], r["num_train_steps"]) for r in table] == [
+      ("inv_sqrt_dk", "2"), ("inv_sqrt_dk", "4"), ("constant:1e38", "2"), ("constant:1e38", "4")]
+  finals = {}
+  for r in records:
+    if r["status"] == "finished":
+      loss = sweep_tables.final_value(sweep_tables.run_metrics(r["run_dir"]), "eval", "loss")
+      finals.setdefault(r["values"]["num_train_steps"], []).append(loss)
+  for row in table[:2]:
+    counts = (row["runs"], row["finished"], row["diverged"], row["eval_loss_n"])
+    assert counts == ("2", "2", "0", "2")
+    a, b = finals[int(row["num_train_steps"])]
+    assert float(row["eval_loss_mean"]) == pytest.approx((a + b) / 2)
+    assert float(row["eval_loss_std"]) == pytest.approx(abs(a - b) / 2 ** 0.5)
+  for row in table[2:]:  # reported, not left out
+    assert (row["finished"], row["diverged"], row["eval_loss_n"]) == ("0", "2", "0")
+  text = open(md).read()
+  assert "| model.attention_scale | num_train_steps | finished | diverged | failed |" in text
+  cell = r"\d[\d.e+-]* ± \d[\d.e+-]*"
+  assert re.search(rf"\| inv_sqrt_dk \| 2 \| 2/2 \| 0 \| 0 \| 2 \| {cell} \|", text)
+  assert "| constant:1e38 | 4 | 0/2 | 2 | 0 | 0 | n/a |" in text
+  pivot = text[text.index("## eval_loss: model.attention_scale (rows) × num_train_steps "
+                          "(columns)"):]
+  assert "| model.attention_scale \\ num_train_steps | 2 | 4 |" in pivot
+  mean, std = float(table[0]["eval_loss_mean"]), float(table[0]["eval_loss_std"])
+  assert re.search(rf"\| inv_sqrt_dk \| {re.escape(f'{mean:.4g} ± {std:.2g}')} \| {cell} \|",
+                   pivot)
+  assert "| constant:1e38 | n/a | n/a |" in pivot
+  assert "| attention_scale=constant-1e38,num_train_steps=2,seed=0 | diverged | non-finite" in text
+
+  pictures = sweep_plots.plot_sweep(records, rows, workdir, metric="eval_loss")
+  names = ["loss_curves.png", "attention_stats.png", "eval_loss_vs_num_train_steps.png",
+           "attention_maps.png"]
+  assert sorted(os.path.basename(p) for p in pictures) == sorted(names)  # no string key plot
+  for name in names:
+    path = os.path.join(workdir, name)
+    assert 5000 < os.path.getsize(path) < 150_000, name
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_second_call_reuses_finished_runs(swept):
-  workdir, base, scales, records, calls, counting_train = swept
-  again = sweep.run_sweep(base, str(workdir), scales, [0], train_fn=counting_train)
-  assert len(calls) == 2  # nothing trained again
-  assert [r["status"] for r in again] == [r["status"] for r in records]
-  changed = loop_config(base.data.data_dir, num_train_steps=4)   # dropout 0.1, not 0.0
+def test_one_pivot_per_combination_of_the_other_keys():
+  rows = [{"values": {"a": a, "b": b, "c": c}, "eval_loss": (10.0 * i, 0.5, 2 if i != 7 else 0)}
+          for i, (a, b, c) in enumerate((a, b, c) for a in (1, 2) for b in ("x", "y")
+                                        for c in (None, True))]
+  text = "\n".join(sweep_tables.pivots(rows, ["a", "b", "c"], "eval_loss"))
+  assert text.startswith("## eval_loss: a (rows) × b (columns)")
+  none, true = text.index("c=None:"), text.index("c=True:")
+  assert text.count("| a \\ b | x | y |") == 2
+  assert text.index("| 1 | 0 ± 0.5 | 20 ± 0.5 |") in range(none, true)
+  assert text.index("| 2 | 50 ± 0.5 | n/a |") > true  # no finished seed: n/a
+  assert sweep_tables.pivots(rows, ["a"], "eval_loss") == []
+
+
+@pytest.mark.parametrize("values,base", [
+    ([32, 64, 128], 2), ([0.1, 1.0, 10.0], 10), ([1, 9, 27], 3), ([3, 200], 10),
+    ([1e-4, 3e-4, 1e-3], None), ([0.1, 0.3], None), ([0, 1, 2], None)])
+def test_log_axis_for_powers_or_wide_spans(values, base):
+  assert sweep_plots.log_base(values) == base
+
+
+def test_second_call_reuses_and_a_changed_config_is_refused_before_training(swept, data_dir):
+  workdir, records, train = swept
+  again = sweep.run_sweep(sweep_grid.plan(base_config(data_dir), GRID, SEEDS), workdir,
+                          train_fn=train)
+  assert len(train.calls) == 8  # nothing trained again, diverged runs included
+  assert [(r["run_dir"], r["status"]) for r in again] == [(r["run_dir"], r["status"])
+                                                          for r in records]
+  changed = sweep_grid.plan(base_config(data_dir, **{"model.dropout_rate": 0.1}),
+                            ["model.attention_scale=inv_sqrt_dk", "num_train_steps=3,4"], [0])
   with pytest.raises(ValueError,
                      match=r"holds a run of another config \(model\.dropout_rate: 0\.0 -> 0\.1\)"):
-    sweep.run_sweep(changed, str(workdir), scales[:1], [0], train_fn=counting_train)
+    sweep.run_sweep(changed, workdir, train_fn=train)
+  assert len(train.calls) == 8  # refused before the new 3-step point trained
+  assert not os.path.exists(os.path.join(workdir,
+                                         "attention_scale=inv_sqrt_dk,num_train_steps=3,seed=0"))
 
 
-@pytest.mark.parametrize("scales,seeds,message", [
-    (["inv_sqrt_dk", "bogus"], [0], "unknown attention scale 'bogus'"),
-    ([], [0], "--scales is empty"),
-    (["none", "none"], [0], "--scales repeats a value"),
+def test_dry_run_lists_states_and_an_interrupted_run_resumes(swept, data_dir):
+  workdir, _, train = swept
+  interrupted = os.path.join(workdir, "attention_scale=inv_sqrt_dk,num_train_steps=4,seed=1")
+  os.remove(os.path.join(interrupted, sweep.STATUS_FILE))  # as if killed after its checkpoint
+  points = sweep_grid.plan(base_config(data_dir), GRID, [0, 1, 2])
+  text = sweep.describe(points, workdir)
+  lines = text.splitlines()
+  assert lines[0] == (f"12 runs in {workdir}: 3 finished, 4 diverged, 1 interrupted, 4 new")
+  by_dir = {line.split()[1]: line.split()[0] for line in lines[1:]}
+  assert by_dir[os.path.basename(interrupted)] == "interrupted"
+  assert by_dir["attention_scale=inv_sqrt_dk,num_train_steps=2,seed=0"] == "finished"
+  assert by_dir["attention_scale=constant-1e38,num_train_steps=4,seed=1"] == "diverged"
+  assert [d for d, s in by_dir.items() if s == "new"] == [p.run_name for p in points
+                                                         if p.seed == 2]
+  line = next(line for line in lines if "interrupted" in line.split()[:1])
+  assert "resumes from step 4" in line and "num_train_steps=4" in line and "seed=1" in line
+  assert "reused, not rerun" in next(line for line in lines if "diverged" in line.split()[:1])
+  assert len(train.calls) == 8 and not os.path.exists(os.path.join(workdir, points[2].run_name))
+
+  records = sweep.run_sweep(sweep_grid.plan(base_config(data_dir), GRID, SEEDS), workdir,
+                            train_fn=train)
+  assert train.calls[8:] == [os.path.basename(interrupted)]  # only that run, resumed
+  assert next(r for r in records if r["run_dir"] == interrupted)["status"] == "finished"
+  with open(os.path.join(interrupted, "manifest.json")) as f:
+    assert json.load(f)["resumed_from_step"] == 4
+
+
+def test_values_take_the_type_of_their_key(data_dir):
+  points = sweep_grid.plan(base_config(data_dir), [
+      "model.cross_attention_scale=None,none", "optim.learning_rate=1e-3",
+      "model.share_embeddings=false", "model.vocab_size=0", "data.vocab_size=None,40"], [3])
+  assert [p.values["model.cross_attention_scale"] for p in points] == [None, None, "none", "none"]
+  assert {type(p.values["optim.learning_rate"]) for p in points} == {float}
+  assert points[1].run_name == ("cross_attention_scale=None,learning_rate=0.001,"
+                                "share_embeddings=False,model.vocab_size=0,data.vocab_size=40,"
+                                "seed=3")  # a shared last component: the full keys
+  assert points[1].config["data"]["vocab_size"] == 40 and points[0].config["seed"] == 3
+  assert points[0].config["model"]["share_embeddings"] is False
+
+
+@pytest.mark.parametrize("overrides,grid,message", [
+    ({}, ["model.d_fff=32"], r"--grid=model.d_fff: unknown config key; did you mean model.d_ff\?"),
+    ({}, ["data.dropout_rate=0.1"], r"did you mean model.dropout_rate\?"),
+    ({}, ["model.zzz=1"], r"unknown config key; valid keys of model: model.activation, "),
+    ({}, ["model=1"], r"--grid=model: a config section, not a key; sweep one of its keys: model\."),
+    ({}, ["model.d_ff=abc"], r"--grid=model.d_ff: 'abc' is not an int \(the key's type\)"),
+    ({}, ["model.share_embeddings=yes"], r"'yes' is not a bool"),
+    ({}, ["model.d_ff="], r"--grid=model.d_ff= has no values"),
+    ({}, ["model.d_ff"], r"--grid=model.d_ff: expected KEY=V1,V2,..."),
+    ({}, ["model.d_ff=32,64,32"], r"--grid=model.d_ff repeats a value: 32,64,32"),
+    ({}, ["optim.learning_rate=1e-3,0.001"], r"repeats a value"),
+    ({}, ["model.d_ff=32", "model.d_ff=64"], r"--grid gives model.d_ff twice"),
+    ({}, ["seed=0,1"], r"--grid=seed: give the seeds with --seeds"),
+    ({"model.cross_attention_scale": "none"}, ["model.attention_scale=inv_dk"],
+     r"the base config sets model.cross_attention_scale, which override model.attention_scale"),
+    ({}, ["model.num_heads=2,3"],
+     r"grid point num_heads=3,seed=0: invalid TransformerConfig: d_model=32 is not divisible "),
+    ({}, ["model.attention_scale=inv_sqrt_dk,bogus"],
+     r"grid point attention_scale=bogus,seed=0: .*unknown attention scale 'bogus'"),
 ])
-def test_bad_sweep_arguments(scales, seeds, message):
-  with pytest.raises(ValueError, match=message):
-    sweep.check_sweep_args(scales, seeds)
+def test_bad_grids_fail_in_one_line_before_anything_runs(tmp_path, overrides, grid, message):
+  with pytest.raises(sweep_grid.GridError, match=message) as error:
+    sweep_grid.plan(base_config(str(tmp_path), **overrides), grid, [0])
+  assert "\n" not in str(error.value)
+  assert not os.listdir(tmp_path)  # nothing prepared or written
 
 
-def test_sweep_refuses_a_base_config_with_per_kind_scales(tmp_path):
-  base = loop_config(str(tmp_path), **{"model.cross_attention_scale": "none"})
-  with pytest.raises(ValueError, match="sets model.cross_attention_scale"):
-    sweep.run_config(base, "inv_dk", 0)
-  assert sweep.run_config(loop_config(str(tmp_path)), "inv_dk", 3).model.attention_scale == "inv_dk"
+@pytest.mark.parametrize("seeds,message", [(["0", "x"], "--seeds must be integers"),
+                                           ([], "--seeds is empty"),
+                                           (["1", "1"], "--seeds repeats a value")])
+def test_bad_seeds(seeds, message):
+  with pytest.raises(sweep_grid.GridError, match=message):
+    sweep_grid.parse_seeds(seeds)
+
+
+def test_submitit_launcher_runs_each_point_as_a_subprocess_job(tmp_path, data_dir):
+  """submitit's local executor here (no SLURM): real subprocesses running `run_one`. A job
+  that crashes before writing a status (batch 6 on 4 devices: a ConfigError in training)
+  is reported as failed with its error, and runs again next time."""
+  base = base_config(data_dir)
+  workdir = str(tmp_path / "sweep")
+  points = sweep_grid.plan(base, ["batch_size=8,6"], [0])
+  records = sweep.run_sweep(points, workdir, launcher="submitit",
+                            submitit_options=dict(timeout_min=10, array_parallelism=2))
+  assert [r["status"] for r in records] == ["finished", "failed"], records
+  assert records[0]["config"] == settings.resolved_config(*settings.resolve(points[0].config))
+  assert sweep_tables.final_value(sweep_tables.run_metrics(records[0]["run_dir"]), "test",
+                                  "loss") > 0
+  failed = records[1]["message"]
+  assert failed.startswith("submitit job ") and "ended without a status" in failed
+  assert "batch_size=6 is not divisible by the device count 4" in failed
+  assert os.path.isdir(os.path.join(workdir, "submitit"))
+  assert [sweep.run_state(p, workdir)["state"] for p in points] == ["finished", "new"]
+
+  train = Counting()
+  again = sweep.run_sweep(sweep_grid.plan(base, ["batch_size=8"], [0]), workdir, train_fn=train)
+  assert train.calls == [] and again[0]["status"] == "finished"  # reused in this process

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -119,10 +120,10 @@ def plot_maps(rows: Sequence[Row], path: str, title: str = ""):
       ax.set_xticks(*ticks(keys), rotation=90, fontsize=6, parse_math=False)
       ax.set_yticks(*ticks(queries), fontsize=6, parse_math=False)
       ax.set_xlabel(x_name, fontsize=7)
-      if h == 0:
-        ax.set_ylabel(y_name, fontsize=7)
-      ax.set_title(f"{row.name}: {row.layer}, head {h}" if row.name else
-                   f"{row.layer}, head {h}", fontsize=7)
+      if h == 0:  # a run's name (a sweep point) is long: wrapped beside its row
+        name = "\n".join(textwrap.wrap(row.name, 28)) + "\n" if row.name else ""
+        ax.set_ylabel(name + y_name, fontsize=7)
+      ax.set_title(f"{row.layer}, head {h}", fontsize=7)
   fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
   if title:
     fig.suptitle(title, fontsize=9)

@@ -127,13 +127,13 @@ class TransformerConfig:
         continue
       if not KINDS[kinds[site]].scaled and policies[site] != parse_scale("inv_sqrt_dk"):
         problems.append(f"{kind_key}={kinds[site]!r} has no scale, so {scale_key}="
-                        f"{getattr(self, scale_key)!r} means nothing for it; leave the {site} "
+                        f"{getattr(self, scale_key)!r} means nothing for it; leave that "
                         "scale at 'inv_sqrt_dk'")
       if kinds[site] != "dot_product" and self.attention_implementation != "reference":
         problems.append(f"attention_implementation={self.attention_implementation!r} runs "
                         f"dot_product attention only, not {kind_key}={kinds[site]!r}")
-    if problems:
-      raise ValueError("invalid TransformerConfig: " + "; ".join(problems))
+    if problems:  # a global key shared by the sites is named once
+      raise ValueError("invalid TransformerConfig: " + "; ".join(dict.fromkeys(problems)))
     object.__setattr__(self, "_site_kinds", kinds)  # derived, not fields
     object.__setattr__(self, "_scale_policies", policies)
 

@@ -1,69 +1,46 @@
-"""The attention-scale sweep: one reproducible run per (policy, seed), then tables.
+"""A sweep over config keys: one reproducible run per point (`transformer.sweep_grid`).
 
-Each run lives in `DIR/<policy>_seed<seed>/` with the usual manifest and metrics. A
-run that ended (finished, diverged or failed) leaves `sweep_status.json` and is reused
-by the next call; an interrupted one has none and resumes from its checkpoint. The
-tables and pictures (`transformer.sweep_plots`) are rebuilt from the run directories.
+Each run lives in `DIR/<run name>/` (`attention_scale=none,d_ff=128,seed=0`) with the
+usual manifest and metrics. A run that ended (finished, diverged or failed) leaves
+`sweep_status.json` and is reused by the next call; an interrupted one has none and
+resumes from its checkpoint (training resumes in its workdir). Every run directory is
+checked against its point's config before anything trains. The launchers: 'local' runs each in turn in this process, 'submitit' submits one
+job per run (SLURM where there is one, else submitit's local subprocesses), both through
+`run_one`. Tables: `transformer.sweep_tables`; pictures: `transformer.sweep_plots`.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import os
-import re
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import ml_collections
-import numpy as np
 from absl import logging
 
-from transformer import run_records, settings
-from transformer.attention import parse_scale
-from transformer.config import ATTENTION_KINDS
+from transformer import settings
+from transformer.sweep_grid import Point
 
 STATUS_FILE = "sweep_status.json"
-# (column, split in metrics.jsonl, metric): the final value of each goes into the table.
-FINAL_METRICS = (("train_loss", "train", "loss"), ("eval_loss", "eval", "loss"),
-                 ("eval_accuracy", "eval", "accuracy"), ("test_loss", "test", "loss"),
-                 ("test_accuracy", "test", "accuracy"),
-                 ("test_exact_match", "test", "greedy_exact_match"),
-                 ("eval_bleu", "eval_bleu", "bleu"))
+ENDED = ("finished", "diverged", "failed")
+LAUNCHERS = ("local", "submitit")
+TrainFn = Callable[[Any, str], Any]
 
 
-def run_name(policy: str, seed: int) -> str:
-  """A directory name for a policy: 'constant:0.05' -> 'constant-0.05_seed0'."""
-  return re.sub(r"[^A-Za-z0-9._-]+", "-", policy) + f"_seed{seed}"
+def run_dir(workdir: str, point: Point) -> str:
+  return os.path.join(workdir, point.run_name)
 
 
-def check_sweep_args(scales: Sequence[str], seeds: Sequence[int]) -> None:
-  """One-line errors for bad --scales/--seeds, before anything runs."""
-  if not scales:
-    raise ValueError("--scales is empty")
-  if not seeds:
-    raise ValueError("--seeds is empty")
-  for s in scales:
-    parse_scale(s)
-  for name, values in (("--scales", list(scales)), ("--seeds", list(seeds))):
-    if len(set(values)) != len(values):
-      raise ValueError(f"{name} repeats a value: {values}")
+def _resolved(point: Point) -> dict[str, Any]:
+  return settings.resolved_config(*settings.resolve(point.config))
 
 
-PER_KIND_SCALES = tuple(f"{kind}_attention_scale" for kind in ATTENTION_KINDS)
-
-
-def run_config(base: ml_collections.ConfigDict, policy: str, seed: int) -> ml_collections.ConfigDict:
-  fixed = [k for k in PER_KIND_SCALES if base.model.get(k) is not None]
-  if fixed:  # they would override the swept policy in part of the model
-    raise ValueError(f"the base config sets model.{', model.'.join(fixed)}; the sweep varies "
-                     "model.attention_scale for every attention, so leave those unset")
-  config = ml_collections.ConfigDict(base.to_dict())  # an unlocked copy
-  config.model.attention_scale = policy
-  config.seed = seed
-  return config
+def _read_json(path: str) -> dict[str, Any] | None:
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
 
 
 def _write_json(path: str, value: Any) -> None:
@@ -73,28 +50,71 @@ def _write_json(path: str, value: Any) -> None:
   os.replace(tmp, path)
 
 
-def run_one(config: ml_collections.ConfigDict, run_dir: str,
-            train_fn: Callable[[Any, str], Any]) -> dict[str, Any]:
-  """Trains one run unless it already ended; returns its status record.
+def _check_same(recorded: Mapping[str, Any], resolved: Mapping[str, Any], directory: str) -> None:
+  diffs = settings.differences(recorded, resolved)
+  if diffs:
+    raise ValueError(f"{directory} holds a run of another config ({diffs}); use a new "
+                     "--workdir or delete that run directory")
 
-  A run directory is reused only if the resolved config its status records agrees with
-  `config` on the keys training compares on resume (`settings.differences`).
-  """
-  resolved = settings.resolved_config(*settings.resolve(config))
-  status_path = os.path.join(run_dir, STATUS_FILE)
-  if os.path.exists(status_path):
-    with open(status_path) as f:
-      status = json.load(f)
-    diffs = settings.differences(status.get("config") or {}, resolved)
-    if diffs:
-      raise ValueError(f"{run_dir} holds a run of another config ({diffs}); use a new "
-                       "--workdir or delete that run directory")
-    logging.info("reusing %s (%s)", run_dir, status["status"])
-    return status
-  os.makedirs(run_dir, exist_ok=True)
+
+def _ended(point: Point, directory: str) -> dict[str, Any] | None:
+  """The status of a run that ended, or None; ValueError where it ended with another config
+  (the keys training compares on resume, `settings.differences`)."""
+  status = _read_json(os.path.join(directory, STATUS_FILE))
+  if status is not None:
+    _check_same(status.get("config") or {}, _resolved(point), directory)
+  return status
+
+
+def run_state(point: Point, workdir: str) -> dict[str, Any]:
+  """{'state': finished/diverged/failed/interrupted/new, 'step', 'message'} of a point's run
+  directory; ValueError where it holds a run of another config."""
+  directory = run_dir(workdir, point)
+  status = _ended(point, directory)
+  if status is not None:
+    return {"state": status["status"], "step": None, "message": status.get("message", "")}
+  started = _read_json(os.path.join(directory, settings.RUN_CONFIG))
+  if started is not None:
+    _check_same(started, _resolved(point), directory)
+    from transformer import run  # noqa: PLC0415  (Orbax: only for runs that started)
+    steps = run.steps_in(run.checkpoints_dir(directory))
+    if steps:
+      return {"state": "interrupted", "step": steps[-1], "message": ""}
+  return {"state": "new", "step": None, "message": ""}
+
+
+def describe(points: Sequence[Point], workdir: str) -> str:
+  """The dry run's listing: each run's state, directory and values."""
+  states = [run_state(p, workdir) for p in points]
+  counts = {s: sum(x["state"] == s for x in states) for s in (*ENDED, "interrupted", "new")}
+  lines = [f"{len(points)} runs in {workdir}: "
+           + ", ".join(f"{n} {s}" for s, n in counts.items() if n)]
+  width = max(len(p.run_name) for p in points)
+  for p, s in zip(points, states):
+    what = {"interrupted": f"resumes from step {s['step']}",
+            "new": "trains from the start"}.get(s["state"], "reused, not rerun")
+    values = " ".join(f"{k}={v!r}" for k, v in {**p.values, "seed": p.seed}.items())
+    lines.append(f"  {s['state']:<11} {p.run_name:<{width}}  {values}  ({what})")
+  return "\n".join(lines)
+
+
+def _record(point: Point, directory: str, status: Mapping[str, Any]) -> dict[str, Any]:
+  return {"name": point.name, "values": dict(point.values), "seed": point.seed,
+          "run_dir": directory, "status": status["status"], "message": status.get("message", ""),
+          "config": status.get("config")}
+
+
+def run_one(point: Point, directory: str, train_fn: TrainFn) -> dict[str, Any]:
+  """Trains one run unless it already ended (with the same config); returns its record."""
+  status = _ended(point, directory)
+  if status is not None:
+    logging.info("reusing %s (%s)", directory, status["status"])
+    return _record(point, directory, status)
+  resolved = _resolved(point)
+  os.makedirs(directory, exist_ok=True)
   from transformer.train import NonFiniteError  # noqa: PLC0415  (heavy import)
   try:
-    result = train_fn(config, run_dir)
+    result = train_fn(point.config, directory)
     if isinstance(result, dict) and result.get("preempted"):
       raise KeyboardInterrupt("preempted: the sweep stops and resumes on the next call")
     status = {"status": "finished", "message": ""}
@@ -103,110 +123,99 @@ def run_one(config: ml_collections.ConfigDict, run_dir: str,
   except (KeyboardInterrupt, settings.ConfigError):
     raise
   except Exception as e:  # noqa: BLE001  (a failed run is recorded, never silently dropped)
-    logging.error("run %s failed:\n%s", run_dir, traceback.format_exc())
+    logging.error("run %s failed:\n%s", directory, traceback.format_exc())
     status = {"status": "failed", "message": f"{type(e).__name__}: {e}"}
-  status["config"] = resolved
-  _write_json(status_path, status)
-  return status
+  status.update(config=resolved, name=point.name, values=point.values, seed=point.seed)
+  _write_json(os.path.join(directory, STATUS_FILE), status)
+  return _record(point, directory, status)
 
 
-def run_sweep(base: ml_collections.ConfigDict, workdir: str, scales: Sequence[str],
-              seeds: Sequence[int], train_fn: Callable[[Any, str], Any] | None = None
+def run_point(point: Point, directory: str) -> dict[str, Any]:
+  """The submitit job: `run_one` with the real training, in a fresh process."""
+  from transformer import run_records  # noqa: PLC0415
+  from transformer.train import train_and_evaluate  # noqa: PLC0415
+  run_records.quiet_library_logs()
+  return run_one(point, directory, train_and_evaluate)
+
+
+def run_sweep(points: Sequence[Point], workdir: str, *, launcher: str = "local",
+              train_fn: TrainFn | None = None, submitit_options: Mapping[str, Any] | None = None
               ) -> list[dict[str, Any]]:
-  """Runs (or reuses) every (policy, seed) and returns one record per run."""
-  check_sweep_args(scales, seeds)
+  """Runs (or reuses) every point; returns one record per run, in the points' order.
+
+  Every run directory is checked first, so a changed config stops the sweep before any
+  training. `train_fn` (default `train.train_and_evaluate`) is for the local launcher.
+  """
+  if launcher not in LAUNCHERS:
+    raise ValueError(f"unknown launcher {launcher!r}; valid: {', '.join(LAUNCHERS)}")
+  for p in points:
+    run_state(p, workdir)
+  os.makedirs(workdir, exist_ok=True)
+  if launcher == "submitit":
+    if train_fn is not None:
+      raise ValueError("the submitit launcher trains with train.train_and_evaluate only")
+    return _run_submitit(points, workdir, **(submitit_options or {}))
   if train_fn is None:
     from transformer.train import train_and_evaluate as train_fn  # noqa: PLC0415
-  records = []
-  for policy in scales:
-    for seed in seeds:
-      run_dir = os.path.join(workdir, run_name(policy, seed))
-      status = run_one(run_config(base, policy, seed), run_dir, train_fn)
-      records.append({"policy": policy, "seed": seed, "run_dir": run_dir, **status})
-  return records
+  return [run_one(p, run_dir(workdir, p), train_fn) for p in points]
 
 
-def run_metrics(run_dir: str) -> list[dict[str, Any]]:
-  path = os.path.join(run_dir, "metrics.jsonl")
-  return run_records.read_metrics(run_dir) if os.path.exists(path) else []
+def _run_submitit(points: Sequence[Point], workdir: str, *, timeout_min: int = 240,
+                  gpus_per_run: int = 0, cpus_per_run: int | None = None,
+                  mem_gb: float | None = None, partition: str | None = None,
+                  account: str | None = None, array_parallelism: int = 4
+                  ) -> list[dict[str, Any]]:
+  """One submitit job per run that has not ended; waits for them and collects the records.
+
+  SLURM runs them as one job array (at most `array_parallelism` at once); submitit's local
+  executor starts every job it is given at once, so it gets them in waves of that size.
+  """
+  import submitit  # noqa: PLC0415
+  executor = submitit.AutoExecutor(folder=os.path.join(workdir, "submitit"))
+  executor.update_parameters(
+      name=f"sweep-{os.path.basename(os.path.abspath(workdir))}", timeout_min=timeout_min,
+      gpus_per_node=gpus_per_run or None, tasks_per_node=1, cpus_per_task=cpus_per_run,
+      mem_gb=mem_gb, slurm_partition=partition, slurm_account=account,
+      slurm_array_parallelism=array_parallelism)
+  records: dict[str, dict[str, Any]] = {}
+  todo = []
+  for p in points:
+    status = _ended(p, run_dir(workdir, p))
+    if status is not None:  # reused without a job
+      records[p.run_name] = _record(p, run_dir(workdir, p), status)
+    else:
+      todo.append(p)
+  wave = len(todo) if executor.cluster == "slurm" else array_parallelism
+  for start in range(0, len(todo), max(wave, 1)):
+    batch = todo[start:start + wave]
+    jobs = executor.map_array(run_point, batch, [run_dir(workdir, p) for p in batch])
+    logging.info("submitted %d jobs (%s) to %s", len(jobs), executor.cluster,
+                 ", ".join(j.job_id for j in jobs))
+    for p, job in zip(batch, jobs):
+      records[p.run_name] = _collect(p, run_dir(workdir, p), job)
+  return [records[p.run_name] for p in points]
 
 
-def final_value(metrics: list[dict[str, Any]], split: str, name: str) -> float:
-  values = [m[name] for m in metrics if m["split"] == split and name in m]
-  return float(values[-1]) if values else math.nan
+def _collect(point: Point, directory: str, job) -> dict[str, Any]:
+  """The job's record; a job that ended without a status is reported as failed (and,
+  having no status file, runs again on the next call)."""
+  try:
+    return job.result()
+  except Exception as e:  # noqa: BLE001  (submitit's FailedJobError / UncompletedJobError)
+    status = _read_json(os.path.join(directory, STATUS_FILE))
+    if status is not None:
+      return _record(point, directory, status)
+    return _record(point, directory, {"status": "failed", "message": (
+        f"submitit job {job.job_id} ended without a status: {_job_error(e)}; "
+        f"log: {job.paths.stderr}")})
 
 
-def steps_to_target(metrics: list[dict[str, Any]], target_loss: float) -> float:
-  """First logged training step whose loss is at or below the target (NaN if never)."""
-  for m in metrics:
-    if m["split"] == "train" and m.get("loss", math.inf) <= target_loss:
-      return float(m["step"])
-  return math.nan
-
-
-def summarize(records: list[dict[str, Any]], target_loss: float) -> list[dict[str, Any]]:
-  """One row per policy: mean and std over its finished seeds, counts of the others."""
-  rows = []
-  for policy in dict.fromkeys(r["policy"] for r in records):
-    runs = [r for r in records if r["policy"] == policy]
-    done = [r for r in runs if r["status"] == "finished"]
-    row: dict[str, Any] = {"policy": policy, "runs": len(runs), "finished": len(done),
-                           "diverged": sum(r["status"] == "diverged" for r in runs),
-                           "failed": sum(r["status"] == "failed" for r in runs)}
-    metrics = [run_metrics(r["run_dir"]) for r in done]
-    for column, split, name in FINAL_METRICS:
-      values = np.array([final_value(m, split, name) for m in metrics], np.float64)
-      row[column] = _mean_std(values)
-    steps = np.array([steps_to_target(m, target_loss) for m in metrics], np.float64)
-    row["steps_to_target"] = _mean_std(steps)
-    row["reached_target"] = int(np.sum(~np.isnan(steps)))
-    rows.append(row)
-  return rows
-
-
-def _mean_std(values: np.ndarray) -> tuple[float, float, int]:
-  values = values[~np.isnan(values)]
-  if not values.size:
-    return (math.nan, math.nan, 0)
-  return (float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0,
-          int(values.size))
-
-
-def _fmt(cell: Any) -> str:
-  if isinstance(cell, tuple):
-    mean, std, n = cell
-    return "n/a" if n == 0 else f"{mean:.4g} ± {std:.2g}"
-  return str(cell)
-
-
-def write_tables(rows: list[dict[str, Any]], records: list[dict[str, Any]], workdir: str,
-                 target_loss: float) -> tuple[str, str]:
-  """DIR/results.md (readable) and DIR/results.csv (mean and std as separate columns)."""
-  columns = [c for c, _, _ in FINAL_METRICS] + ["steps_to_target"]
-  present = [c for c in columns if any(row[c][2] for row in rows)] or columns[:1]
-  md = os.path.join(workdir, "results.md")
-  lines = ["# Attention-scale sweep", "",
-           f"Mean ± std over finished seeds; steps_to_target: first logged step with training "
-           f"loss <= {target_loss}.", "",
-           "| policy | finished | diverged | failed | reached target | " + " | ".join(present)
-           + " |", "|---" * (5 + len(present)) + "|"]
-  for row in rows:
-    lines.append(f"| {row['policy']} | {row['finished']}/{row['runs']} | {row['diverged']} | "
-                 f"{row['failed']} | {row['reached_target']} | "
-                 + " | ".join(_fmt(row[c]) for c in present) + " |")
-  lines += ["", "## Runs", "", "| policy | seed | status | directory | message |",
-            "|---|---|---|---|---|"]
-  for r in records:
-    message = r.get("message", "").replace("|", "/").replace("\n", " ")[:160]
-    lines.append(f"| {r['policy']} | {r['seed']} | {r['status']} | "
-                 f"{os.path.basename(r['run_dir'])} | {message} |")
-  with open(md, "w") as f:
-    f.write("\n".join(lines) + "\n")
-  path_csv = os.path.join(workdir, "results.csv")
-  with open(path_csv, "w", newline="") as f:
-    writer = csv.writer(f)
-    header = ["policy", "runs", "finished", "diverged", "failed", "reached_target"]
-    writer.writerow(header + [f"{c}_{s}" for c in columns for s in ("mean", "std", "n")])
-    for row in rows:
-      writer.writerow([row[h] for h in header] + [v for c in columns for v in row[c]])
-  return md, path_csv
+def _job_error(error: Exception) -> str:
+  """The last line of the job's traceback, else the error's first line."""
+  parts = str(error).split("-" * 22)
+  if len(parts) > 2:  # FailedJobError quotes the traceback between two dashed lines
+    lines = [line.strip() for line in parts[1].splitlines() if line.strip()]
+    if lines:
+      return lines[-1]
+  first = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {first[0] if first else ''}"

@@ -1,9 +1,11 @@
 """The shipped attention-scale study: does 1/sqrt(d_k) matter, and when? (§3.2.1)
 
-  python -m experiments.ablate_scale --config=experiments/configs/scale_ablation.py:large_dk \
-      --scales=inv_sqrt_dk,none,inv_dk,learned,qk_norm --seeds=0,1,2 --workdir=workdirs/ablate_large
-  python -m experiments.ablate_scale --config=experiments/configs/scale_ablation.py:small_dk \
-      --scales=inv_sqrt_dk,none,inv_dk,learned,qk_norm --seeds=0,1,2 --workdir=workdirs/ablate_small
+  python -m experiments.sweep --config=experiments/configs/scale_ablation.py:large_dk \
+      --grid=model.attention_scale=inv_sqrt_dk,none,inv_dk,learned,qk_norm --seeds=0,1,2 \
+      --workdir=workdirs/ablate_large
+  python -m experiments.sweep --config=experiments/configs/scale_ablation.py:small_dk \
+      --grid=model.attention_scale=inv_sqrt_dk,none,inv_dk,learned,qk_norm --seeds=0,1,2 \
+      --workdir=workdirs/ablate_small
 
 Variants (same width d_model 256, same task, same steps; only the head split differs):
   large_dk  one head, d_k = 256 (row A of Table 3 with h = 1): unscaled logits have
