@@ -58,7 +58,8 @@ def test_every_config_key_is_overridable_from_the_command_line():
       [sys.executable, "-c", _PRINT_CONFIG, "--config=experiments/configs/multi30k.py",
        "--config.model.cross_attention_scale=qk_norm", "--config.data.max_eval_length=90",
        "--config.model.target_vocab_size=8000", "--config.optim.weight_decay=0.1",
-       "--config.data.path=data/multi30k", "--config.model.share_embeddings=False"],
+       "--config.data.path=data/multi30k", "--config.model.share_embeddings=False",
+       "--config.model.head_dim=32", "--config.model.encoder_self_attention_kind=additive"],
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
   raw = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -67,5 +68,7 @@ def test_every_config_key_is_overridable_from_the_command_line():
   assert (raw["data"]["max_eval_length"], raw["model"]["target_vocab_size"]) == (90, 8000)
   cfg, data_cfg, optim_cfg, _ = settings.resolve(raw)
   assert settings.model_config(cfg, 8000).scale_policy("cross").kind == "qk_norm"
+  assert (raw["model"]["head_dim"], raw["model"]["decoder_self_attention_kind"]) == (32, None)
+  assert settings.model_config(cfg, 8000).attention_kind_at("encoder_self") == "additive"
   assert (data_cfg.max_eval_length, optim_cfg.weight_decay) == (90, 0.1)
   assert set(raw["model"]) == set(settings.resolved_config(*settings.resolve(raw))["model"])

@@ -234,6 +234,9 @@ def test_values_take_the_type_of_their_key(data_dir):
      r"the base config sets model.cross_attention_scale, which override model.attention_scale"),
     ({}, ["model.num_heads=2,3"],
      r"grid point num_heads=3,seed=0: invalid TransformerConfig: d_model=32 is not divisible "),
+    ({}, ["model.attention_kind=dot_product,additive", "model.attention_scale=none"],
+     r"grid point attention_kind=additive,attention_scale=none,seed=0: .*has no scale"),
+    ({}, ["model.head_dim=8,0"], r"grid point head_dim=0,seed=0: .*head_dim=0 must be a positive"),
     ({}, ["model.attention_scale=inv_sqrt_dk,bogus"],
      r"grid point attention_scale=bogus,seed=0: .*unknown attention scale 'bogus'"),
 ])
