@@ -71,6 +71,8 @@ def main(argv):
                               submitit_options=options)
   except ValueError as e:  # a run directory of another config, a ConfigError of training
     sys.exit(f"error: {e}")
+  except KeyboardInterrupt as e:  # Ctrl-C or a preempted run: nothing lost
+    sys.exit(f"stopped ({e or 'interrupted'}); the same command resumes the sweep")
   rows = sweep_tables.summarize(records, FLAGS.target_loss)
   md, csv_path = sweep_tables.write_tables(rows, records, FLAGS.workdir, FLAGS.target_loss,
                                            FLAGS.metric)

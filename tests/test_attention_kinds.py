@@ -55,22 +55,25 @@ def test_additive_multihead_attention_matches_numpy(site):
 
 
 def test_kind_per_site():
-  cfg = TransformerConfig.tiny(cross_attention_kind="additive", attention_scale="none",
-                               cross_attention_scale="inv_sqrt_dk")
-  assert [cfg.attention_kind_at(s) for s in ("encoder_self", "decoder_self", "cross")] == [
-      "dot_product", "dot_product", "additive"]
+  """Additive cross-attention only: the global scale policy applies to the scaled sites."""
+  cfg = TransformerConfig.tiny(cross_attention_kind="additive", attention_scale="qk_norm")
+  sites = ("encoder_self", "decoder_self", "cross")
+  assert [cfg.attention_kind_at(s) for s in sites] == ["dot_product", "dot_product", "additive"]
+  assert [cfg.scale_policy(s).kind for s in sites] == ["qk_norm", "qk_norm", "inv_sqrt_dk"]
   _, params = init(cfg)
   layer = params["decoder"]["decoder_0"]
-  assert "w" in layer["cross_attention"] and "w" not in layer["self_attention"]
+  assert "w" in layer["cross_attention"] and "scale" not in layer["cross_attention"]
+  assert "w" not in layer["self_attention"] and "scale" in layer["self_attention"]
   assert "w" not in params["encoder"]["encoder_0"]["self_attention"]
 
 
 @pytest.mark.parametrize("changes,message", [
     ({"attention_kind": "sigmoid"}, "attention_kind='sigmoid' is not one of dot_product, additive"),
     ({"attention_kind": "additive", "attention_scale": "none"},
-     "attention_kind='additive' has no scale, so attention_scale='none' means nothing for it"),
-    ({"cross_attention_kind": "additive", "attention_scale": "qk_norm"},
-     "cross_attention_kind='additive' has no scale, so attention_scale='qk_norm'"),
+     "attention_scale='none' means nothing here: no attention site uses it"),
+    ({"cross_attention_kind": "additive", "cross_attention_scale": "qk_norm"},
+     "cross_attention_kind='additive' has no scale, so cross_attention_scale='qk_norm' means "
+     "nothing for it"),
     ({"attention_kind": "additive", "decoder_self_attention_scale": "softcap:5"},
      "decoder_self_attention_scale='softcap:5' means nothing"),
     ({"attention_kind": "additive", "attention_implementation": "xla"},
@@ -111,8 +114,8 @@ def test_parameter_count_formula_covers_head_dim_and_kinds(overrides):
 
 
 def test_golden_count_of_base_with_wide_heads():
-  """Transformer-base with d_k 128 (8 heads, H d_k = 1024 != d_model): each attention
-  projection doubles, 2 * 4 * 512 * 512 more weights per attention (6 + 12 of them)."""
+  """Transformer-base with d_k 128 (8 heads, H d_k = 1024 != d_model): each attention's
+  four projections double, 4 * 512 * 512 more weights per attention (6 + 12 of them)."""
   cfg = TransformerConfig.base(head_dim=128)
   assert count_parameters(cfg) == 63_045_632 + 18 * 4 * 512 * 512 == 81_920_000
 
@@ -130,8 +133,9 @@ def test_flops_count_head_dim():
 @pytest.mark.parametrize("overrides", [
     {"attention_kind": "additive", "head_dim": 24, "attention_query_block": 3},
     {"cross_attention_kind": "additive"},
-    {"attention_kind": "additive", "num_encoder_layers": 0, "norm_position": "pre"}],
-    ids=["additive", "additive_cross_only", "additive_decoder_only"])
+    {"attention_kind": "additive", "num_encoder_layers": 0, "norm_position": "pre"},
+    {"head_dim": 40, "num_heads": 2}],
+    ids=["additive", "additive_cross_only", "additive_decoder_only", "dot_product_head_dim"])
 def test_cached_decoding_equals_teacher_forcing(overrides):
   cfg = TransformerConfig.tiny(**{"num_encoder_layers": 1, "num_decoder_layers": 2, **overrides})
   model, params = init(cfg)
@@ -173,7 +177,7 @@ def test_bfloat16_additive_attention_stays_close_to_float32():
   src, tgt = random_ids(5, (2, 5)), random_ids(6, (2, 4))
   a = jax.jit(model.apply)({"params": params}, src, tgt)
   b = jax.jit(Transformer(cfg.replace(dtype="bfloat16")).apply)({"params": params}, src, tgt)
-  assert b.dtype == jnp.float32
+  assert b.dtype == jnp.float32 and not np.array_equal(np.asarray(a), np.asarray(b))
   np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=0.1)
 
 
@@ -235,7 +239,14 @@ def test_a_new_kind_is_one_function_and_one_registry_line(monkeypatch):
       "attention_weights"][0]
   assert float(weights[0, :, :4].sum(-1).min()) < 0.5   # not a softmax: rows the old rule dropped
   stats, _ = diagnostics.Probe(model, {"inputs": src, "targets": tgt})(params)
-  assert stats["attn/encoder_0/self_attention/entropy_min/mean"] > 0
+  # Every query row with a visible key counts (the 4 real tokens of row 0, the 6 of row 1),
+  # whatever its weights sum to.
+  w = np.asarray(weights, np.float64)
+  entropy = -np.sum(np.where(w > 0, w * np.log(np.where(w > 0, w, 1.0)), 0.0), axis=-1)
+  rows = np.concatenate([entropy[0, :, :4], entropy[1]], axis=-1)   # [H, 10]
+  for h in range(cfg.num_heads):
+    np.testing.assert_allclose(stats[f"attn/encoder_0/self_attention/entropy_mean/h{h}"],
+                               rows[h].mean(), rtol=1e-4)
   full = model.apply({"params": params}, src, tgt)
   step_fn, cache = decoding.model_step_fn(model, params, src, 2, tgt.shape[1])
   logp, _ = step_fn(jnp.full((2,), cfg.bos_id), jnp.array(0), cache)

@@ -175,7 +175,7 @@ def test_learned_scale_starts_at_the_paper_scale():
                              np.asarray(model.apply({"params": params}, src, tgt)), atol=1e-5)
 
 
-def test_per_kind_scale_overrides():
+def test_per_site_scale_overrides():
   cfg = TransformerConfig.tiny(attention_scale="none", cross_attention_scale="inv_dk")
   assert [cfg.scale_policy(k).kind for k in ("encoder_self", "decoder_self", "cross")] == [
       "none", "none", "inv_dk"]

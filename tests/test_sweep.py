@@ -235,7 +235,7 @@ def test_values_take_the_type_of_their_key(data_dir):
     ({}, ["model.num_heads=2,3"],
      r"grid point num_heads=3,seed=0: invalid TransformerConfig: d_model=32 is not divisible "),
     ({}, ["model.attention_kind=dot_product,additive", "model.attention_scale=none"],
-     r"grid point attention_kind=additive,attention_scale=none,seed=0: .*has no scale"),
+     r"grid point attention_kind=additive,attention_scale=none,seed=0: .*means nothing here"),
     ({}, ["model.head_dim=8,0"], r"grid point head_dim=0,seed=0: .*head_dim=0 must be a positive"),
     ({}, ["model.attention_scale=inv_sqrt_dk,bogus"],
      r"grid point attention_scale=bogus,seed=0: .*unknown attention scale 'bogus'"),
@@ -277,3 +277,39 @@ def test_submitit_launcher_runs_each_point_as_a_subprocess_job(tmp_path, data_di
   train = Counting()
   again = sweep.run_sweep(sweep_grid.plan(base, ["batch_size=8"], [0]), workdir, train_fn=train)
   assert train.calls == [] and again[0]["status"] == "finished"  # reused in this process
+
+
+def _one_point(data_dir, tmp_path):
+  point = sweep_grid.plan(base_config(data_dir), [], [0])[0]
+  directory = str(tmp_path / point.run_name)
+  os.makedirs(directory)
+  return point, directory
+
+
+def test_a_finished_run_continues_to_a_new_step_count(tmp_path, data_dir):
+  """num_train_steps is not an identity key: training continues a run to the new count, so
+  the sweep must not reuse a run that finished at another one."""
+  point, directory = _one_point(data_dir, tmp_path)
+  recorded = settings.resolved_config(*settings.resolve(point.config))
+  with open(os.path.join(directory, sweep.STATUS_FILE), "w") as f:
+    json.dump({"status": "finished", "message": "",
+               "config": {**recorded, "num_train_steps": 2}}, f)
+  calls = []
+  record = sweep.run_one(point, directory, lambda config, workdir: calls.append(workdir))
+  assert calls == [directory] and record["status"] == "finished"
+  sweep.run_one(point, directory, lambda config, workdir: calls.append(workdir))
+  assert calls == [directory]  # now it finished at this count: reused
+
+
+def test_a_submitit_time_limit_leaves_the_run_to_resume(tmp_path, data_dir):
+  """submitit raises UncompletedJobError in a job at its time limit: not a failed run."""
+  from submitit.core.utils import UncompletedJobError  # noqa: PLC0415
+  point, directory = _one_point(data_dir, tmp_path)
+
+  def timed_out(config, workdir):
+    raise UncompletedJobError("Job not requeued because: timed-out and not checkpointable.")
+
+  with pytest.raises(UncompletedJobError):
+    sweep.run_one(point, directory, timed_out)
+  assert not os.path.exists(os.path.join(directory, sweep.STATUS_FILE))
+  assert sweep.run_state(point, str(tmp_path))["state"] == "new"

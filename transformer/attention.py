@@ -162,7 +162,9 @@ def _blockwise(scores: Callable[..., Array], q_BTHD: Array, k_BSHD: Array,
   if block <= 0 or block >= T:
     return scores(q_BTHD, k_BSHD, **params)
   n = -(-T // block)
-  q_BTHD = jnp.pad(q_BTHD, ((0, 0), (0, n * block - T), (0, 0), (0, 0)))  # zeros: cut below
+  # Padded with copies of the last query (cut below): values any score function takes, so
+  # no NaN reaches the gradients through the padding (zeros would, e.g. for cosine scores).
+  q_BTHD = jnp.pad(q_BTHD, ((0, 0), (0, n * block - T), (0, 0), (0, 0)), mode="edge")
   q_NBCHD = q_BTHD.reshape(B, n, block, H, D).swapaxes(0, 1)
   one_block = jax.checkpoint(lambda q_BCHD: scores(q_BCHD, k_BSHD, **params))
   logits_NBHCS = jax.lax.map(one_block, q_NBCHD)

@@ -89,7 +89,7 @@ def ticks(labels: Sequence[str]) -> tuple[list[int], list[str]]:
   return positions, [labels[p] for p in positions]
 
 
-def _pyplot():
+def pyplot():
   import matplotlib  # noqa: PLC0415  (imported late: slow, and needs the Agg backend)
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # noqa: PLC0415
@@ -98,7 +98,7 @@ def _pyplot():
 
 def plot_maps(rows: Sequence[Row], path: str, title: str = ""):
   """Draws the rows into `path` (PNG); returns the (closed) figure, for inspection."""
-  plt = _pyplot()
+  plt = pyplot()
   heads = max(r.weights_HTS.shape[0] for r in rows)
   t = max(r.weights_HTS.shape[1] for r in rows)
   s = max(r.weights_HTS.shape[2] for r in rows)
@@ -121,7 +121,7 @@ def plot_maps(rows: Sequence[Row], path: str, title: str = ""):
       ax.set_yticks(*ticks(queries), fontsize=6, parse_math=False)
       ax.set_xlabel(x_name, fontsize=7)
       if h == 0:  # a run's name (a sweep point) is long: wrapped beside its row
-        name = "\n".join(textwrap.wrap(row.name, 28)) + "\n" if row.name else ""
+        name = "\n".join(textwrap.wrap(row.name.replace(",", ", "), 28)) + "\n" if row.name else ""
         ax.set_ylabel(name + y_name, fontsize=7)
       ax.set_title(f"{row.layer}, head {h}", fontsize=7)
   fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
@@ -167,7 +167,7 @@ def _cross_attention_fn(model_cfg: TransformerConfig):
   def fn(params, inputs_BS, targets_BT):
     # Target segments of ones attend to every token the decoder emitted, pad included, as
     # cached decoding does; the source keeps its padding mask, as decoding does.
-    layers = diagnostics._apply_probe(model, params, {
+    layers = diagnostics.attention_layers(model, params, {
         "inputs": inputs_BS, "targets": targets_BT,
         "inputs_segment_ids": (inputs_BS != model_cfg.pad_id).astype(jnp.int32),
         "targets_segment_ids": jnp.ones_like(targets_BT)})

@@ -304,8 +304,8 @@ def run(config: Any, steps: int, log=print, profile_dir: str | None = None) -> F
 
 
 def step_memory(compiled: Any) -> dict[str, int]:
-  """The compiled step's own memory (XLA's plan, per device; the same on CPU and GPU),
-  unlike the process RSS, which also holds the compiler and everything before."""
+  """The compiled step's own memory (XLA's plan, per device; available on CPU and GPU
+  alike), unlike the process RSS, which also holds the compiler and everything before."""
   analysis = compiled.memory_analysis()
   return {"step_temp_bytes": int(analysis.temp_size_in_bytes),
           "step_argument_bytes": int(analysis.argument_size_in_bytes)}

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from transformer.attention import IMPLEMENTATIONS, KINDS, ScalePolicy, parse_scale
 
 NORM_POSITIONS = ("post", "pre")
+_DEFAULT_POLICY = parse_scale("inv_sqrt_dk")
 POSITIONAL_ENCODINGS = ("sinusoidal", "learned")
 ACTIVATIONS = ("relu", "gelu")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -112,7 +113,11 @@ class TransformerConfig:
       problems.append(f"share_embeddings needs one vocabulary, got vocab_size={self.vocab_size} "
                       f"and target_vocab_size={self.target_vocab_size}")
     # Kinds and scale policies per site, parsed here once: the attention layers read them.
+    # A kind without a scale (additive) ignores the global attention_scale, which applies
+    # to the scaled sites; it is refused where it reaches no site, as is a site's own
+    # scale on an unscaled kind.
     kinds, policies = {}, {}
+    global_scale_used = False
     for site in ATTENTION_SITES:
       kind_key = self._site_key(site, "kind")
       kinds[site] = getattr(self, kind_key)
@@ -125,13 +130,21 @@ class TransformerConfig:
       except ValueError as e:
         problems.append(f"{scale_key}: {e}")
         continue
-      if not KINDS[kinds[site]].scaled and policies[site] != parse_scale("inv_sqrt_dk"):
+      if KINDS[kinds[site]].scaled:
+        global_scale_used |= scale_key == "attention_scale"
+      elif scale_key != "attention_scale" and policies[site] != _DEFAULT_POLICY:
         problems.append(f"{kind_key}={kinds[site]!r} has no scale, so {scale_key}="
-                        f"{getattr(self, scale_key)!r} means nothing for it; leave that "
-                        "scale at 'inv_sqrt_dk'")
+                        f"{getattr(self, scale_key)!r} means nothing for it; leave it unset")
+      if not KINDS[kinds[site]].scaled:
+        policies[site] = _DEFAULT_POLICY  # nothing to scale (no softcap, no qk_norm)
       if kinds[site] != "dot_product" and self.attention_implementation != "reference":
         problems.append(f"attention_implementation={self.attention_implementation!r} runs "
                         f"dot_product attention only, not {kind_key}={kinds[site]!r}")
+    if (not global_scale_used and not problems and parse_scale(self.attention_scale)
+        != _DEFAULT_POLICY and any(not KINDS[k].scaled for k in kinds.values())):
+      problems.append(f"attention_scale={self.attention_scale!r} means nothing here: no "
+                      "attention site uses it (every site has a kind without a scale, such "
+                      "as additive, or its own scale); leave it at 'inv_sqrt_dk'")
     if problems:  # a global key shared by the sites is named once
       raise ValueError("invalid TransformerConfig: " + "; ".join(dict.fromkeys(problems)))
     object.__setattr__(self, "_site_kinds", kinds)  # derived, not fields

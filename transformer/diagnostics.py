@@ -111,7 +111,7 @@ def _layers(state: Mapping[str, Any]) -> list[tuple[str, Array, Array, Array]]:
           for name, m in attention_modules(state["intermediates"], "attention_weights")]
 
 
-def _apply_probe(model, params, batch: Mapping[str, Array]):
+def attention_layers(model, params, batch: Mapping[str, Array]):
   """[(name, weights, logits, mask)] of every attention layer, each [B, H, T, S]."""
   return _layers(_probe_state(model, params, batch))
 

@@ -62,6 +62,8 @@ class MultiHeadAttention(nn.Module):
     if decode and self.site != "cross":
       k_BSHD, v_BSHD, mask = self._extend_cache(k_BSHD, v_BSHD, mask)
 
+    # The kind's own arrays (additive: w_h), float32 like the learned scales: a few per
+    # head, and they enter the float32 scores.
     params = {name: self.param(name, init, shape, jnp.float32)
               for name, (shape, init) in KINDS[kind].params(H, D).items()}
     use_dropout = cfg.attention_dropout_rate > 0.0 and not deterministic

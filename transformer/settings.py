@@ -26,7 +26,8 @@ RUN_CONFIG = "run_config.json"  # the fully resolved config a workdir's run star
 IDENTITY_KEYS = ("model", "data", "optim", "batch_size", "seed", "label_smoothing",
                  "process_count", "prng_impl")
 # Where prepared data is cached and how fast it is read: not what is computed.
-NOT_COMPARED = ("data.data_dir", "data.read_threads", "data.read_buffer")
+NOT_COMPARED = ("data.data_dir", "data.read_threads", "data.read_buffer",
+                "model.attention_query_block")  # where, how fast, in what memory: same numbers
 DEFAULT_BACKEND = "pmap"
 
 

@@ -4,9 +4,9 @@ Each run lives in `DIR/<run name>/` (`attention_scale=none,d_ff=128,seed=0`) wit
 usual manifest and metrics. A run that ended (finished, diverged or failed) leaves
 `sweep_status.json` and is reused by the next call; an interrupted one has none and
 resumes from its checkpoint (training resumes in its workdir). Every run directory is
-checked against its point's config before anything trains. The launchers: 'local' runs each in turn in this process, 'submitit' submits one
-job per run (SLURM where there is one, else submitit's local subprocesses), both through
-`run_one`. Tables: `transformer.sweep_tables`; pictures: `transformer.sweep_plots`.
+checked against its point's config before anything trains. The launchers: 'local' runs
+each in turn in this process, 'submitit' submits one job per run (SLURM where there is
+one, else submitit's local subprocesses), both through `run_one`. Tables: `transformer.sweep_tables`; pictures: `transformer.sweep_plots`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from absl import logging
+from submitit.core.utils import UncompletedJobError
 
 from transformer import settings
 from transformer.sweep_grid import Point
@@ -59,10 +60,16 @@ def _check_same(recorded: Mapping[str, Any], resolved: Mapping[str, Any], direct
 
 def _ended(point: Point, directory: str) -> dict[str, Any] | None:
   """The status of a run that ended, or None; ValueError where it ended with another config
-  (the keys training compares on resume, `settings.differences`)."""
+  (the keys training compares on resume, `settings.differences`). A run that finished at
+  another step count has not ended: training continues it to the new count."""
   status = _read_json(os.path.join(directory, STATUS_FILE))
-  if status is not None:
-    _check_same(status.get("config") or {}, _resolved(point), directory)
+  if status is None:
+    return None
+  resolved = _resolved(point)
+  _check_same(status.get("config") or {}, resolved, directory)
+  if (status["status"] == "finished"
+      and (status.get("config") or {}).get("num_train_steps") != resolved["num_train_steps"]):
+    return None
   return status
 
 
@@ -120,8 +127,8 @@ def run_one(point: Point, directory: str, train_fn: TrainFn) -> dict[str, Any]:
     status = {"status": "finished", "message": ""}
   except NonFiniteError as e:
     status = {"status": "diverged", "message": str(e)}
-  except (KeyboardInterrupt, settings.ConfigError):
-    raise
+  except (KeyboardInterrupt, settings.ConfigError, UncompletedJobError):
+    raise  # stopped, not ended (a submitit time limit among them): the next call resumes
   except Exception as e:  # noqa: BLE001  (a failed run is recorded, never silently dropped)
     logging.error("run %s failed:\n%s", directory, traceback.format_exc())
     status = {"status": "failed", "message": f"{type(e).__name__}: {e}"}

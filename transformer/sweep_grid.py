@@ -19,11 +19,12 @@ from typing import Any
 import ml_collections
 
 from transformer import settings
+from transformer.config import ATTENTION_SITES
 
 # Swept key -> base keys that override it: sweeping it while the base sets them would
 # change only part of the model (or nothing), so the sweep refuses.
-_SITES = ("encoder_self", "decoder_self", "cross")
-OVERRIDDEN_BY = {f"model.attention_{what}": tuple(f"model.{s}_attention_{what}" for s in _SITES)
+OVERRIDDEN_BY = {f"model.attention_{what}": tuple(f"model.{s}_attention_{what}"
+                                                 for s in ATTENTION_SITES)
                  for what in ("scale", "kind")}
 NONE = "None"  # the value text that unsets a None-able key ('none' is a scale policy)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")  # in a run directory's name

@@ -15,17 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from transformer import attention_maps
 from transformer.sweep_grid import labels, value_text
 from transformer.sweep_tables import grid_keys, run_metrics
 
 DPI = 100
-
-
-def _pyplot():
-  import matplotlib  # noqa: PLC0415  (imported late: slow, and needs the Agg backend)
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
-  return plt
 
 
 def _curves(records: list[dict[str, Any]], name: str, split: str, pick) -> list[tuple]:
@@ -69,7 +63,7 @@ def _attn_max(metrics_record: dict[str, Any], stat: str) -> float | None:
 def plot_sweep(records: list[dict[str, Any]], rows: list[dict[str, Any]], workdir: str,
                metric: str = "eval_loss") -> list[str]:
   """Writes the pictures (`rows`: `sweep_tables.summarize`); returns their paths."""
-  plt = _pyplot()
+  plt = attention_maps.pyplot()
   names = list(dict.fromkeys(r["name"] for r in records))  # one per grid point
   cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
   colors = {n: cmap(i % cmap.N) for i, n in enumerate(names)}
@@ -168,7 +162,6 @@ def _metric_against(plt, rows: list[dict[str, Any]], keys: list[str], key: str, 
 
 
 def _attention_maps(records: list[dict[str, Any]], workdir: str) -> str | None:
-  from transformer import attention_maps  # noqa: PLC0415  (imports the model: only here)
   return attention_maps.plot_probe_maps(records, workdir)  # one row per name: per point
 
 
