@@ -8,6 +8,7 @@ import optax
 import pytest
 
 import train_fixtures as fx
+from test_model import numpy_heads_out
 from transformer import decoding, flops, optim, step as step_lib
 from transformer.config import TransformerConfig
 from transformer.layers import MultiHeadAttention
@@ -46,12 +47,8 @@ def test_additive_multihead_attention_matches_numpy(site):
   q, k, v = proj("query", x_q), proj("key", x_kv), proj("value", x_kv)
   hidden = np.tanh(q[:, :, None] + k[:, None])                  # [B, T, S, H, D]
   logits = np.einsum("btshd,hd->bhts", hidden, p["w"])
-  logits = np.where(np.asarray(mask), logits, -np.inf)
-  w = np.exp(logits - logits.max(-1, keepdims=True))
-  w = w / w.sum(-1, keepdims=True)
-  ref = np.einsum("bhts,bshd->bthd", w, v)
-  ref = np.einsum("bthd,hdm->btm", ref, p["out"]["kernel"]) + p["out"]["bias"]
-  np.testing.assert_allclose(np.asarray(out), ref, atol=2e-5, rtol=2e-5)
+  np.testing.assert_allclose(np.asarray(out), numpy_heads_out(logits, mask, v, p), atol=2e-5,
+                             rtol=2e-5)
 
 
 def test_kind_per_site():

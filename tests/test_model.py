@@ -276,9 +276,14 @@ def test_parameterised_policies_match_a_numpy_reference(policy):
   logits = np.einsum("bthd,bshd->bhts", q, k) * p["scale"][None, :, None, None]
   if policy.endswith("softcap:3"):
     logits = 3.0 * np.tanh(logits / 3.0)
+  np.testing.assert_allclose(np.asarray(out), numpy_heads_out(logits, mask, v, p), atol=2e-5,
+                             rtol=2e-5)
+
+
+def numpy_heads_out(logits, mask, v, p):
+  """The masked softmax, the value sum and W^O (with its bias) in float64 NumPy."""
   logits = np.where(np.asarray(mask), logits, -np.inf)
   w = np.exp(logits - logits.max(-1, keepdims=True))
   w = w / w.sum(-1, keepdims=True)
-  ref = np.einsum("bhts,bshd->bthd", w, v)
-  ref = np.einsum("bthd,hdm->btm", ref, p["out"]["kernel"]) + p["out"]["bias"]
-  np.testing.assert_allclose(np.asarray(out), ref, atol=2e-5, rtol=2e-5)
+  heads = np.einsum("bhts,bshd->bthd", w, v)
+  return np.einsum("bthd,hdm->btm", heads, p["out"]["kernel"]) + p["out"]["bias"]
