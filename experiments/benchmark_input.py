@@ -7,6 +7,7 @@ The first run prepares the dataset and trains the SentencePiece model (cached in
 --data_dir); the figures cover only the steady-state iterator, as training sees it.
 """
 
+import sys
 import time
 
 from absl import app, flags
@@ -28,7 +29,15 @@ flags.DEFINE_bool("pack", True, "pack examples into rows")
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:  # a missing --path or an unusable --data_dir: one line naming it
+    _benchmark()
+  except (ValueError, OSError) as e:
+    sys.exit(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+
+
+def _benchmark():
   cfg = DataConfig(dataset="parallel_text", path=FLAGS.path, data_dir=FLAGS.data_dir,
                    source_lang="en", target_lang="de", vocab_size=FLAGS.vocab_size,
                    spm_model_type=FLAGS.spm_model_type,

@@ -72,7 +72,10 @@ def main(argv):
   except ValueError as e:  # a run directory of another config, a ConfigError of training
     sys.exit(f"error: {e}")
   except KeyboardInterrupt as e:  # Ctrl-C or a preempted run: nothing lost
-    sys.exit(f"stopped ({e or 'interrupted'}); the same command resumes the sweep")
+    from transformer.train import PREEMPTED_EXIT_CODE  # noqa: PLC0415
+    print(f"stopped ({e or 'interrupted'}); the same command resumes the sweep",
+          file=sys.stderr, flush=True)
+    sys.exit(PREEMPTED_EXIT_CODE)
   rows = sweep_tables.summarize(records, FLAGS.target_loss)
   md, csv_path = sweep_tables.write_tables(rows, records, FLAGS.workdir, FLAGS.target_loss,
                                            FLAGS.metric)

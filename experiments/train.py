@@ -6,7 +6,8 @@
 
 Several hosts: pass --coordinator_address/--num_processes/--process_id to every
 process (or --multihost for auto-detection on SLURM / Cloud TPU). Running the same
-command again resumes from the workdir's newest good checkpoint.
+command again resumes from the workdir's newest good checkpoint. Exit codes: 0 finished,
+1 error (one line), 75 preempted by SIGTERM after saving (rerun to resume).
 """
 
 import sys
@@ -38,9 +39,13 @@ def main(argv):
                                   FLAGS.process_id, auto=FLAGS.multihost,
                                   cpu_collectives=FLAGS.cpu_collectives)
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (settings.ConfigError, train.NonFiniteError) as e:
     sys.exit(f"error: {e}")
+  if result.get("preempted"):
+    print(f"preempted at step {result['step']} (checkpoint saved); the same command resumes",
+          file=sys.stderr, flush=True)
+    sys.exit(train.PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ workdir except `average`, which writes only WORKDIR/averaged/ (and translate's
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from typing import IO, Any
@@ -55,10 +56,15 @@ def read_input(path: str | None, stdin: IO[str]) -> list[str]:
 def _check_decoding(beam_size: int, alpha: float, batch_size: int) -> None:
   if beam_size < 1:
     raise UsageError(f"--beam_size={beam_size} must be >= 1 (1 is greedy decoding)")
-  if alpha < 0:
-    raise UsageError(f"--alpha={alpha} must be >= 0")
+  if not math.isfinite(alpha) or alpha < 0:  # nan compares False: it would pass `alpha < 0`
+    raise UsageError(f"--alpha={alpha} must be a finite number >= 0 (0: no length penalty)")
   if batch_size < 1:
     raise UsageError(f"--batch_size={batch_size} must be >= 1")
+
+
+def _check_workdir(workdir: str) -> None:
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UsageError(f"--workdir={workdir!r} is a file, not a training run's directory")
 
 
 def _check_picture(path: str) -> None:
@@ -76,6 +82,7 @@ def translate(workdir: str, *, input_path: str | None = None, beam_size: int = 4
   """Prints one translation per input line, in order; returns them. With attention_map,
   also draws the first line's decoder cross-attention (teacher-forced on its output)."""
   _check_decoding(beam_size, alpha, batch_size)
+  _check_workdir(workdir)
   if attention_map:
     _check_picture(attention_map)
   run = run_lib.load(workdir)
@@ -128,6 +135,9 @@ def evaluate(workdir: str, *, split: str | None = None, source: str | None = Non
              stdout: IO[str] | None = None) -> dict[str, Any]:
   """Prints BLEU and chrF (with signatures), direction, line count and perplexity."""
   _check_decoding(beam_size, alpha, batch_size)
+  _check_workdir(workdir)
+  if limit < 0:
+    raise UsageError(f"--limit={limit} must be >= 0 (0: all lines)")
   if output and any(output and os.path.exists(p) and os.path.samefile(output, p)
                     for p in (source, reference) if p):
     raise UsageError(f"--output={output!r} would overwrite an input file")
@@ -167,6 +177,7 @@ def evaluate(workdir: str, *, split: str | None = None, source: str | None = Non
 def average(workdir: str, last: int, *, overwrite: bool = False,
             stdout: IO[str] | None = None) -> dict[str, Any]:
   """Averages the last N checkpoints into WORKDIR/averaged/STEP; prints what it did."""
+  _check_workdir(workdir)
   meta = averaging.average_last(workdir, last, overwrite=overwrite)
   steps = ", ".join(map(str, meta["steps"]))
   verb = "already holds" if meta["existing"] else "wrote"

@@ -7,16 +7,18 @@
 Training, evaluate, translate, average and the sweep (through training) all hold this one
 typed object. What a workdir holds (written by `transformer.train`): run_config.json (the
 fully resolved config), manifest.json (command line, git commit, versions, devices),
-checkpoints/STEP (Orbax: state = {'train': TrainState, 'rng'}, meta = {step, checksum,
-...}) and, once `experiments.average_checkpoints` ran, averaged/STEP (params + meta). The
-readers here open checkpoints with a read-only CheckpointManager rather than the
-training `Checkpointer`, whose manager creates directories, cleans up temporary ones and
-moves corrupt steps aside, which could race a run that is still saving.
+vocabulary/ (the vocabulary it trained with, `vocabulary.json` recording its sha256 and those
+of the data files: see `record_vocabulary`), checkpoints/STEP (Orbax: state = {'train':
+TrainState, 'rng'}, meta = {step, checksum, ...}) and, once `experiments.average_checkpoints`
+ran, averaged/STEP (params + meta). The readers here open checkpoints with a read-only
+CheckpointManager rather than the training `Checkpointer`, whose manager creates directories,
+cleans up temporary ones and moves corrupt steps aside, which could race a run still saving.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Any
@@ -28,9 +30,12 @@ from absl import logging
 
 from transformer import checkpoint, data, optim, settings
 from transformer import step as step_lib
+from transformer.data import vocabularies
 from transformer.model import Transformer
 
 AVERAGED = "averaged"  # WORKDIR/averaged/STEP: averaged params, beside (never in) checkpoints/
+VOCABULARY = "vocabulary"  # WORKDIR/vocabulary/: the run's copy of its vocabulary + record
+VOCABULARY_RECORD = os.path.join(VOCABULARY, "vocabulary.json")
 
 
 class RunError(ValueError):
@@ -48,6 +53,8 @@ class Run:
   config: dict[str, Any]       # the fully resolved config (run_config.json)
   tokenizer: data.Tokenizer
   model: Transformer
+  # vocabulary.json: {tokenizer, file (None: fixed ids), sha256, data_files: {path: sha256}}
+  vocabulary: dict[str, Any]
   # Compiled functions and prepared inputs, reused across calls (train, evaluation).
   cache: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -93,16 +100,30 @@ class Run:
 
 def create(config: Any, workdir: str) -> Run:
   """The run `config` describes in `workdir`, for training; raises settings.ConfigError
-  (one line, nothing written) for a bad config, data or workdir."""
+  (one line, nothing written) for a bad config, data or workdir.
+
+  A new run builds its tokenizer from the data (`record_vocabulary` then copies it); a
+  run that started before uses its copy, after checking that its data did not change.
+  """
   cfg, data_cfg, optim_cfg, backend = settings.resolve(config)
   settings.check_devices(cfg, backend)
   resolved = settings.resolved_config(cfg, data_cfg, optim_cfg, backend)
-  settings.check_workdir(workdir, resolved)
-  return _build(workdir, cfg, data_cfg, optim_cfg, backend, resolved)
+  started = settings.check_workdir(workdir, resolved)
+  record = _read_vocabulary(workdir, settings.ConfigError) if started else None
+  if record is not None:
+    changed = _changed_files(record["data_files"])
+    if changed:
+      raise settings.ConfigError(f"the data of this run changed since it started: "
+                                 f"{'; '.join(changed)}; restore it, or train in a new --workdir")
+  return _build(workdir, cfg, data_cfg, optim_cfg, backend, resolved, record,
+                settings.ConfigError)
 
 
 def load(workdir: str) -> Run:
-  """The run recorded in `workdir` (cheap: nothing is compiled); raises RunError."""
+  """The run recorded in `workdir` (cheap: nothing is compiled); raises RunError.
+
+  Its tokenizer is the run's copy of its vocabulary, whatever the data holds now.
+  """
   if not os.path.isdir(workdir):
     raise RunError(f"workdir {workdir!r} does not exist")
   path = os.path.join(workdir, settings.RUN_CONFIG)
@@ -121,22 +142,110 @@ def load(workdir: str) -> Run:
     raise RunError(f"workdir {workdir!r}: its recorded config does not fit this version ({e}); "
                    f"check out the commit that last ran it, {settings.recorded_commit(workdir)}"
                    ) from None
-  try:  # the config fits, but its data or tokenizer may not be there (moved, deleted)
-    return _build(workdir, *resolved, settings.resolved_config(*resolved))
+  record = _read_vocabulary(workdir, RunError)
+  try:  # without a copy, the config's data or tokenizer may not be there (moved, deleted)
+    return _build(workdir, *resolved, settings.resolved_config(*resolved), record, RunError)
   except settings.ConfigError as e:
     raise RunError(f"workdir {workdir!r}: {e}") from None
 
 
+def _sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def _changed_files(recorded: dict[str, str]) -> list[str]:
+  """'FILE (sha256 X -> Y)' for each recorded data file whose content is not the same."""
+  changed = []
+  for path, digest in sorted(recorded.items()):
+    now = _sha256(path) if os.path.isfile(path) else None
+    if now != digest:
+      changed.append(f"{path} (sha256 {digest[:12]} -> {now[:12] if now else 'missing'})")
+  return changed
+
+
+def _read_vocabulary(workdir: str, error: type[Exception]) -> dict[str, Any] | None:
+  """vocabulary.json of a workdir; None (with a warning) for a run recorded before runs
+  carried their vocabulary."""
+  path = os.path.join(os.path.abspath(workdir), VOCABULARY_RECORD)
+  if not os.path.exists(path):
+    logging.warning("workdir %s has no %s (recorded before runs carried their vocabulary): "
+                    "rebuilding the vocabulary from the data, which must not have changed",
+                    workdir, VOCABULARY_RECORD)
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise error(f"workdir {workdir!r}: cannot read {VOCABULARY_RECORD} ({e})") from None
+
+
+def _copied_vocabulary(workdir: str, record: dict[str, Any], error: type[Exception]
+                       ) -> bytes | None:
+  """The run's copy of its vocabulary, checked against the recorded sha256."""
+  if record["file"] is None:
+    return None
+  path = os.path.join(os.path.abspath(workdir), record["file"])
+  try:
+    with open(path, "rb") as f:
+      copy = f.read()
+  except OSError as e:
+    raise error(f"workdir {workdir!r}: cannot read the run's vocabulary {record['file']} "
+                f"({e.strerror})") from None
+  digest = hashlib.sha256(copy).hexdigest()
+  if digest != record["sha256"]:
+    raise error(f"workdir {workdir!r}: the run's vocabulary {record['file']} is not the one it "
+                f"trained with (sha256 {record['sha256'][:12]} -> {digest[:12]})")
+  return copy
+
+
 def _build(workdir: str, cfg: settings.Settings, data_cfg: data.DataConfig,
-           optim_cfg: optim.OptimConfig, backend: str, resolved: dict[str, Any]) -> Run:
-  try:  # e.g. an unknown dataset name or a missing data path: still before any writing
-    tokenizer = data.build_tokenizer(data_cfg)
-  except ValueError as e:
-    raise settings.ConfigError(f"data.dataset={data_cfg.dataset!r}: "
-                               f"{str(e).splitlines()[0]}") from e
+           optim_cfg: optim.OptimConfig, backend: str, resolved: dict[str, Any],
+           record: dict[str, Any] | None, error: type[Exception]) -> Run:
+  if record is not None:
+    vocabulary = _copied_vocabulary(workdir, record, error)
+  else:
+    try:  # e.g. an unknown dataset name or a missing data path: still before any writing
+      vocabulary = vocabularies.vocabulary_bytes(data_cfg)
+      record = {
+          "tokenizer": data_cfg.tokenizer_kind,
+          "file": (os.path.join(VOCABULARY, os.path.basename(vocabularies.vocabulary_path(
+              data_cfg))) if vocabulary is not None else None),
+          "sha256": hashlib.sha256(vocabulary).hexdigest() if vocabulary is not None else None,
+          "data_files": {p: _sha256(p) for p in vocabularies.source_files(data_cfg)}}
+    except (ValueError, OSError) as e:
+      raise settings.ConfigError(f"data.dataset={data_cfg.dataset!r}: "
+                                 f"{str(e).splitlines()[0]}") from e
+  tokenizer = vocabularies.tokenizer_from_bytes(data_cfg, vocabulary)
   model = Transformer(settings.model_config(cfg, tokenizer.vocab_size))
-  return Run(workdir=os.path.abspath(workdir), settings=cfg, data=data_cfg, optim=optim_cfg,
-             backend=backend, config=resolved, tokenizer=tokenizer, model=model)
+  run = Run(workdir=os.path.abspath(workdir), settings=cfg, data=data_cfg, optim=optim_cfg,
+            backend=backend, config=resolved, tokenizer=tokenizer, model=model,
+            vocabulary=record)
+  run.cache["vocabulary_bytes"] = vocabulary
+  return run
+
+
+def record_vocabulary(run: Run) -> None:
+  """Copies the run's vocabulary into WORKDIR/vocabulary/ with vocabulary.json, once, before
+  run_config.json (process 0): from then on the run never rebuilds it."""
+  path = os.path.join(run.workdir, VOCABULARY_RECORD)
+  if jax.process_index() != 0 or os.path.exists(path):
+    return
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  if run.vocabulary["file"] is not None:
+    _write_atomic(os.path.join(run.workdir, run.vocabulary["file"]),
+                  run.cache["vocabulary_bytes"])
+  _write_atomic(path, (json.dumps(run.vocabulary, indent=2) + "\n").encode())
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "wb") as f:
+    f.write(data)
+  os.replace(tmp, path)
 
 
 def _device_sharding() -> jax.sharding.Sharding:

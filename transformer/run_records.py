@@ -2,8 +2,10 @@
 
 Only process 0 writes. metrics.jsonl holds one JSON object per line
 ({"step", "split", <metric>: value}); on resume the lines past the restored step
-are dropped, so a resumed run's records equal an uninterrupted run's. TensorBoard
-events are written by tensorboardX (no TensorFlow), with `purge_step` for the same reason.
+are dropped, so a resumed run's records equal an uninterrupted run's (no (step, split)
+row twice). Every reader goes through `read_records`, which drops a torn last line (a kill
+or a full disk mid-write) with a warning. TensorBoard events are written by tensorboardX
+(no TensorFlow), with `purge_step` for the same reason.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any
 import jax
 from absl import logging
 
+from transformer import settings
+
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "tensorflow-datasets",
             "ml-collections", "numpy", "sentencepiece", "tensorboardX")
 
@@ -36,8 +40,39 @@ def _write_atomic(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
+class RecordError(settings.ConfigError):
+  """A run record that cannot be read; the message is one line naming the file and line."""
+
+
+def read_records(path: str) -> list[dict[str, Any]]:
+  """The {"step", "split", ...} records of a JSON-lines file; a torn last line is dropped
+  with a warning, a bad line elsewhere raises RecordError."""
+  with open(path, "rb") as f:
+    lines = f.read().split(b"\n")
+  records = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      if not isinstance(record, dict) or not {"step", "split"} <= record.keys():
+        raise ValueError("not a {step, split, ...} record")
+    except ValueError as e:
+      if any(rest.strip() for rest in lines[number:]):
+        raise RecordError(f"{path} line {number}: unreadable ({str(e)[:80]}); only a torn last "
+                          "line is dropped by itself: repair or remove this one") from None
+      logging.warning("%s: dropped its last line, torn by an interrupted write (%d bytes)",
+                      path, len(line))
+      continue
+    records.append(record)
+  return records
+
+
 class MetricsWriter:
-  """Appends metrics to WORKDIR/metrics.jsonl and TensorBoard event files."""
+  """Appends metrics to WORKDIR/metrics.jsonl and TensorBoard event files.
+
+  resume_step: the restored checkpoint's step; 0 (nothing restored) starts the log afresh.
+  """
 
   def __init__(self, workdir: str, resume_step: int = 0):
     self.path = os.path.join(workdir, "metrics.jsonl")
@@ -45,15 +80,19 @@ class MetricsWriter:
     if not _is_writer():
       return
     if os.path.exists(self.path):  # drop what a killed run logged after its last checkpoint
+      records = read_records(self.path)
+      # The loop logs every split of the restored step before saving it, and logs none of
+      # them again, except the end-of-run test line. Without a checkpoint it starts at step
+      # 0 again, attention diagnostics included: nothing logged before is kept.
+      kept = [r for r in records if resume_step and (
+          r["step"] < resume_step or (r["step"] == resume_step and r["split"] != "test"))]
+      text = "".join(json.dumps(r) + "\n" for r in kept)
       with open(self.path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-      # Lines past the restored step will be logged again; so will the end-of-run test line.
-      kept = [json.dumps(r) + "\n" for r in records if r["step"] < resume_step
-              or (r["step"] == resume_step and r["split"] != "test")]
-      _write_atomic(self.path, "".join(kept))
+        if f.read() != text:
+          _write_atomic(self.path, text)
     from tensorboardX import SummaryWriter  # imported late: it is slow to import
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1,
-                             flush_secs=30)
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                             purge_step=resume_step + 1 if resume_step else 0, flush_secs=30)
 
   def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
     if not _is_writer():
@@ -97,8 +136,8 @@ def quiet_library_logs() -> None:
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """WORKDIR/metrics.jsonl's records (see `read_records`)."""
+  return read_records(os.path.join(workdir, "metrics.jsonl"))
 
 
 def _git(*args: str) -> str:

@@ -17,7 +17,7 @@ import ml_collections
 
 from transformer import parallel
 from transformer.config import TransformerConfig
-from transformer.data import DataConfig
+from transformer.data import DataConfig, sources
 from transformer.optim import OptimConfig
 
 RUN_CONFIG = "run_config.json"  # the fully resolved config a workdir's run started with
@@ -107,15 +107,16 @@ def resolve(config: Any) -> tuple[Settings, DataConfig, OptimConfig, str]:
     settings = Settings(**raw)
     data_cfg = DataConfig.from_mapping(dict(settings.data or {}))
     optim_cfg = OptimConfig.from_mapping(dict(settings.optim or {}))
-    model_config(settings, vocab_size=None)  # every model check except the vocabulary
+    model_cfg = model_config(settings, vocab_size=None)  # every model check but the vocabulary
   except (TypeError, ValueError) as e:
     raise ConfigError(str(e).splitlines()[0]) from None
   problems = []
-  for name in ("num_train_steps", "log_every_steps", "eval_every_steps",
+  for name in ("num_train_steps", "batch_size", "log_every_steps", "eval_every_steps",
                "checkpoint_every_steps", "max_checkpoints_to_keep"):
     value = getattr(settings, name)
     if not isinstance(value, int) or value <= 0:
       problems.append(f"{name}={value!r} must be a positive integer")
+  problems += _length_problems(model_cfg, data_cfg)
   if not 0.0 <= settings.label_smoothing < 1.0:
     problems.append(f"label_smoothing={settings.label_smoothing!r} must be in [0, 1)")
   parallel_raw = dict(settings.parallel or {})
@@ -127,6 +128,23 @@ def resolve(config: Any) -> tuple[Settings, DataConfig, OptimConfig, str]:
   if problems:
     raise ConfigError("invalid config: " + "; ".join(problems))
   return settings, data_cfg, optim_cfg, backend
+
+
+def _length_problems(model_cfg: TransformerConfig, data_cfg: DataConfig) -> list[str]:
+  """max_len is the longest sequence the model takes: the learned encoding's table, and
+  the cap of translate/evaluate on source and output tokens (sinusoidal too), so a shorter
+  one would train and then truncate every decoded line."""
+  lengths = {"data.max_target_length": data_cfg.max_target_length}
+  if not data_cfg.decoder_only:
+    lengths["data.max_source_length"] = data_cfg.max_source_length
+  if model_cfg.positional_encoding == "learned" and data_cfg.max_eval_length:
+    lengths["data.max_eval_length"] = data_cfg.max_eval_length  # eval rows hit the table
+  over = {key: n for key, n in lengths.items() if n > model_cfg.max_len}
+  if not over:
+    return []
+  named = " and ".join(f"{key}={n}" for key, n in over.items())
+  return [f"model.max_len={model_cfg.max_len} is shorter than {named}: the model takes at "
+          f"most max_len tokens; set model.max_len >= {max(over.values())}"]
 
 
 def check_devices(settings: Settings, backend: str) -> None:
@@ -204,7 +222,8 @@ def recorded_commit(workdir: str) -> str:
 
 
 def check_workdir(workdir: str, config: Mapping[str, Any]) -> bool:
-  """Raises ConfigError for an unwritable workdir or one holding a run of another config.
+  """Raises ConfigError for an unwritable workdir, one holding a run of another config, or
+  a data path or data_dir training cannot read.
 
   `config` is `resolved_config(...)`. Returns whether the workdir already holds this run.
   Writes nothing.
@@ -226,6 +245,7 @@ def check_workdir(workdir: str, config: Mapping[str, Any]) -> bool:
       raise ConfigError(
           f"workdir {workdir!r} holds a run of another config ({diffs}), last run at git commit "
           f"{recorded_commit(path)}: use a new --workdir, or check out that commit to continue it")
+  _check_data_paths(DataConfig.from_mapping(config["data"]))
   # The nearest existing ancestor must let us create and write files.
   probe_dir = path
   while not os.path.exists(probe_dir):
@@ -233,6 +253,19 @@ def check_workdir(workdir: str, config: Mapping[str, Any]) -> bool:
   if not os.access(probe_dir, os.W_OK | os.X_OK):
     raise ConfigError(f"workdir {workdir!r} is not writable ({probe_dir} denies writing)")
   return os.path.exists(record)
+
+
+def _check_data_paths(data_cfg: DataConfig) -> None:
+  """The data.path and data.data_dir training reads, checked before anything is built:
+  the identity and byte tokenizers never open the data, so the first to notice would be
+  the input pipeline, after the model is built."""
+  try:
+    sources.check_data_dir(data_cfg.data_dir)
+    if data_cfg.builder_name in ("parallel_text", "lm_text"):
+      sources.check_path(data_cfg)
+    sources.check_preparable(data_cfg)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
 
 
 def record_config(workdir: str, config: Mapping[str, Any]) -> None:

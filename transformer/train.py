@@ -1,10 +1,11 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
 Order of business: check the config and the workdir (one-line errors, nothing
-written), build the tokenizer and model, restore the newest good checkpoint or
-initialise, then train with periodic logging, evaluation and checkpoints. SIGTERM
-(preemption) saves a checkpoint and returns cleanly; a non-finite loss or gradient
-stops with an error naming the step and leaves the last good checkpoint alone.
+written), build the tokenizer and model, take the workdir lock (`workdir_lock`), restore
+the newest good checkpoint or initialise, then train with periodic logging, evaluation and
+checkpoints. SIGTERM (preemption) saves a checkpoint and returns cleanly (experiments.train
+then exits with PREEMPTED_EXIT_CODE); a non-finite loss or gradient stops with an error
+naming the step and leaves the last good checkpoint alone.
 """
 
 from __future__ import annotations
@@ -20,10 +21,15 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from transformer import (attention_maps, checkpoint, data, diagnostics, losses, optim, parallel,
-                         run_records, settings)
+                         run_records, settings, workdir_lock)
 from transformer import run as run_lib
 from transformer import step as step_lib
 from transformer.run import Run
+
+
+# sysexits.h EX_TEMPFAIL ("temporary failure, retry later"): preempted and saved, rerun the
+# same command to resume; distinct from 0 (finished) and 1 (error) for schedulers and scripts.
+PREEMPTED_EXIT_CODE = 75
 
 
 class NonFiniteError(FloatingPointError):
@@ -132,15 +138,27 @@ def _log_attention(run: Run, dp: parallel.DataParallel, params: Any, writer, ste
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
-  """Trains (resuming from `workdir` if it holds this run); returns the final metrics."""
+  """Trains (resuming from `workdir` if it holds this run); returns the final metrics, or
+  {'preempted': True, 'step', 'train'} after a SIGTERM (exit with PREEMPTED_EXIT_CODE).
+
+  Raises workdir_lock.WorkdirInUseError (a ConfigError) if another training holds `workdir`.
+  """
   run = run_lib.create(config, workdir)  # one-line ConfigErrors, nothing written yet
+  # The input pipeline first (it prepares data under data_dir, with its own lock): a data
+  # error then leaves no workdir behind.
+  train_iter = data.train_iterator(run.data, run.tokenizer, batch_size=run.local_batch,
+                                   seed=run.settings.seed, process_index=jax.process_index(),
+                                   process_count=jax.process_count())
+  with workdir_lock.held(workdir):  # before the first write into the workdir
+    return _train(run, workdir, train_iter)
+
+
+def _train(run: Run, workdir: str, train_iter) -> dict[str, Any]:
   cfg, model_cfg = run.settings, run.model.config
   tx, schedule = run.optimizer()
   lr_fn = lambda s: optim.learning_rate_at(schedule, run.optim, s)  # noqa: E731
   dp = parallel.DataParallel(run.backend)
-  train_iter = data.train_iterator(run.data, run.tokenizer, batch_size=run.local_batch,
-                                   seed=cfg.seed, process_index=jax.process_index(),
-                                   process_count=jax.process_count())
+  run_lib.record_vocabulary(run)  # before run_config.json: a recorded run has its copy
   settings.record_config(workdir, run.config)
 
   init_key, dropout_key = jax.random.split(jax.random.key(cfg.seed))

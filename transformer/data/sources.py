@@ -42,11 +42,15 @@ def _builder_kwargs(cfg: DataConfig) -> tuple[str, dict[str, Any]]:
         cfg.synthetic_task, vocab_size=cfg.resolved_vocab_size, min_length=cfg.synthetic_min_length,
         max_length=cfg.synthetic_max_length, train_examples=cfg.synthetic_train_examples,
         eval_examples=cfg.synthetic_eval_examples, seed=cfg.synthetic_seed)
-  elif name == "parallel_text":
-    kwargs["config"] = parallel_text_config(cfg.path, cfg.split_files, cfg.source_lang,
-                                            cfg.target_lang, cfg.train_split)
-  elif name == "lm_text":
-    kwargs["config"] = lm_text_config(cfg.path, cfg.train_fraction, cfg.lm_chunk_chars)
+  elif name in ("parallel_text", "lm_text"):
+    check_path(cfg)
+    try:  # a missing split file: FileNotFoundError naming it, made a config error here
+      kwargs["config"] = (
+          parallel_text_config(cfg.path, cfg.split_files, cfg.source_lang, cfg.target_lang,
+                               cfg.train_split) if name == "parallel_text" else
+          lm_text_config(cfg.path, cfg.train_fraction, cfg.lm_chunk_chars))
+    except OSError as e:
+      raise ValueError(f"data.path={cfg.path!r}: {e}") from None
   else:  # catalog builders default to TFRecord, which needs TensorFlow
     name = cfg.dataset
     kwargs["file_format"] = FILE_FORMAT
@@ -54,6 +58,44 @@ def _builder_kwargs(cfg: DataConfig) -> tuple[str, dict[str, Any]]:
     if module:
       importlib.import_module(module)
   return name, kwargs
+
+
+def check_path(cfg: DataConfig) -> None:
+  """ValueError unless data.path is what the builder reads: a folder, or the corpus file."""
+  path = os.path.abspath(os.path.expanduser(cfg.path))
+  if cfg.builder_name == "parallel_text" and not os.path.isdir(path):
+    what = "is a file" if os.path.exists(path) else "does not exist"
+    raise ValueError(f"data.path={cfg.path!r} {what}; parallel_text reads a folder of "
+                     f"{{split}}.{{lang}}[.gz] files")
+  if cfg.builder_name == "lm_text" and not os.path.isfile(path):
+    what = "is a directory" if os.path.isdir(path) else "does not exist"
+    raise ValueError(f"data.path={cfg.path!r} {what}; lm_text reads one text file")
+
+
+def _nearest_existing(path: str) -> str:
+  while not os.path.exists(path) and os.path.dirname(path) != path:
+    path = os.path.dirname(path)
+  return path
+
+
+def check_data_dir(data_dir: str) -> None:
+  """ValueError when data.data_dir is, or lies under, something that is not a directory."""
+  path = _nearest_existing(data_dir)
+  if not os.path.isdir(path):
+    where = "" if path == data_dir else f": {path} is a file"
+    raise ValueError(f"data.data_dir={data_dir!r} is not a directory{where}; give a directory "
+                     f"(it need not exist yet)")
+
+
+def check_preparable(cfg: DataConfig) -> None:
+  """ValueError when the dataset is not prepared and data.data_dir cannot be written, so
+  that it could not be (a prepared read-only cache is fine: it is only read)."""
+  path = _nearest_existing(cfg.data_dir)
+  if os.access(path, os.W_OK | os.X_OK) or builder(cfg).is_prepared():
+    return
+  raise ValueError(f"data.data_dir={cfg.data_dir!r} is read-only ({path} denies writing) and "
+                   f"does not hold {cfg.dataset} prepared; prepare it in a writable data_dir "
+                   f"first (a prepared read-only data_dir is used as it is)")
 
 
 def _register_own_builders() -> None:
@@ -66,6 +108,7 @@ def _register_own_builders() -> None:
 def builder(cfg: DataConfig) -> tfds.core.DatasetBuilder:
   """The (not necessarily prepared) TFDS builder the config names."""
   _register_own_builders()
+  check_data_dir(cfg.data_dir)
   name, kwargs = _builder_kwargs(cfg)
   return tfds.builder(name, data_dir=cfg.data_dir, **kwargs)
 
@@ -79,13 +122,22 @@ def data_source(cfg: DataConfig, split: str) -> Sequence[dict[str, Any]]:
   """The split as a random-access sequence of examples, preparing the data if needed."""
   _register_own_builders()
   name, kwargs = _builder_kwargs(cfg)
+  check_data_dir(cfg.data_dir)
+  # Prepared data is only read, so it needs no lock (and a read-only data_dir works):
+  # TFDS writes into a temporary folder and renames it, so it is never seen half-written.
+  if tfds.builder(name, data_dir=cfg.data_dir, **kwargs).is_prepared():
+    return _source(cfg, name, kwargs, split)
   lock = os.path.join(cfg.data_dir, ".locks", name.replace("/", "__") + ".lock")
   with file_lock(lock):
-    dbuilder = tfds.builder(name, data_dir=cfg.data_dir, **kwargs)
-    splits = dict(dbuilder.info.splits)
-    if splits and split not in splits:  # catalog data may list none before preparing
-      raise ValueError(f"{cfg.dataset}: no split {split!r}; available: {', '.join(splits)}")
-    return tfds.data_source(name, split=split, data_dir=cfg.data_dir, builder_kwargs=kwargs)
+    return _source(cfg, name, kwargs, split)
+
+
+def _source(cfg: DataConfig, name: str, kwargs: dict[str, Any], split: str
+            ) -> Sequence[dict[str, Any]]:
+  splits = dict(tfds.builder(name, data_dir=cfg.data_dir, **kwargs).info.splits)
+  if splits and split not in splits:  # catalog data may list none before preparing
+    raise ValueError(f"{cfg.dataset}: no split {split!r}; available: {', '.join(splits)}")
+  return tfds.data_source(name, split=split, data_dir=cfg.data_dir, builder_kwargs=kwargs)
 
 
 def _text(value: Any) -> str:

@@ -5,6 +5,11 @@ name (for local files it includes a hash of their paths, sizes and times), the l
 the tokenizer and its size and options, so a different dataset or size never loads a
 wrong model. A file lock makes concurrent starts safe: one process trains and writes
 atomically (temporary file + rename), the others wait and then load.
+
+A training run copies the serialized vocabulary (`vocabulary_bytes`) into its workdir and
+records the hashes of the local files it and the prepared data come from (`source_files`),
+so that its tools rebuild the tokenizer from the copy (`tokenizer_from_bytes`), never from
+data that may have changed since.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from collections.abc import Iterator
 import sentencepiece as spm
 from absl import logging
 
-from transformer.data import sources
+from transformer.data import sources, text_files
 from transformer.data.config import DataConfig
 from transformer.data.locking import file_lock
 from transformer.data.tokenizers import (BOS_ID, EOS_ID, PAD_ID, UNK_ID, ByteTokenizer,
@@ -101,16 +106,49 @@ def _load(cfg: DataConfig, data: bytes) -> Tokenizer:
   return CharTokenizer(json.loads(data.decode())["chars"])
 
 
-def build_tokenizer(cfg: DataConfig) -> Tokenizer:
-  """The config's tokenizer, training and caching its vocabulary on first use."""
-  if cfg.tokenizer_kind == "identity":
-    return IdentityTokenizer(cfg.resolved_vocab_size)
-  if cfg.tokenizer_kind == "byte":
-    return ByteTokenizer()
+def has_vocabulary_file(cfg: DataConfig) -> bool:
+  """Whether the tokenizer is built from a trained file (identity and byte ids are fixed)."""
+  return cfg.tokenizer_kind not in ("identity", "byte")
+
+
+def vocabulary_bytes(cfg: DataConfig) -> bytes | None:
+  """The serialized vocabulary (trained and cached on first use); None without a file."""
+  if not has_vocabulary_file(cfg):
+    return None
   path = vocabulary_path(cfg)
   if not os.path.exists(path):
     with file_lock(path + ".lock"):
       if not os.path.exists(path):  # another process may have trained it meanwhile
         _write_atomically(path, _train(cfg))
   with open(path, "rb") as f:
-    return _load(cfg, f.read())
+    return f.read()
+
+
+def tokenizer_from_bytes(cfg: DataConfig, data: bytes | None) -> Tokenizer:
+  """The config's tokenizer from `vocabulary_bytes` (a run's copy of them)."""
+  if cfg.tokenizer_kind == "identity":
+    return IdentityTokenizer(cfg.resolved_vocab_size)
+  if cfg.tokenizer_kind == "byte":
+    return ByteTokenizer()
+  return _load(cfg, data)
+
+
+def build_tokenizer(cfg: DataConfig) -> Tokenizer:
+  """The config's tokenizer, training and caching its vocabulary on first use."""
+  return tokenizer_from_bytes(cfg, vocabulary_bytes(cfg))
+
+
+def source_files(cfg: DataConfig) -> list[str]:
+  """The local files the prepared data and the vocabulary are built from.
+
+  No files for synthetic data (generated from the config) and TFDS catalog sets (downloaded and
+  versioned by TFDS). The paths need not exist: a missing one is a change too.
+  """
+  if cfg.builder_name == "parallel_text":
+    root = os.path.abspath(os.path.expanduser(cfg.path))
+    return [text_files.resolve(os.path.join(root, stem), lang)
+            for _, stem in sorted(cfg.split_files.items())
+            for lang in (cfg.source_lang, cfg.target_lang)]
+  if cfg.builder_name == "lm_text":
+    return [os.path.abspath(os.path.expanduser(cfg.path))]
+  return []
