@@ -5,6 +5,9 @@
       --seeds=0,1,2 --workdir=workdirs/ablate_large
   python -m experiments.sweep --config=experiments/configs/default.py \
       --grid=model.d_ff=128,256 --grid=optim.learning_rate=1e-3,3e-3 --workdir=DIR --dry_run
+  python -m experiments.sweep --config=experiments/configs/scale_ablation.py:large_dk \
+      --grid=model.attention_kind+model.attention_scale=dot_product/inv_sqrt_dk,dot_product/none,additive/inv_sqrt_dk \
+      --grid=model.head_dim=64,256 --seeds=0,1 --workdir=DIR     # families x d_k
   python -m experiments.sweep ... --launcher=submitit --slurm_partition=gpu --gpus_per_run=1
 
 Ended runs are reused and interrupted ones resumed, so the same command continues a
@@ -23,7 +26,8 @@ config_flags.DEFINE_config_file("config", None, "Base experiment config (with :V
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory of the sweep (one sub-directory a run).")
 flags.DEFINE_multi_string("grid", [], "KEY=V1,V2,...: a config key and its values (None "
-                          "unsets a None-able key); repeated, the runs are the product.")
+                          "unsets a None-able key), or KEY1+KEY2=A1/B1,A2/B2,...: keys varied "
+                          "together; repeated, the runs are the product.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds, one run each per grid point.")
 flags.DEFINE_bool("dry_run", False, "List every run and its state; train nothing.")
 flags.DEFINE_enum("launcher", "local", ["local", "submitit"],

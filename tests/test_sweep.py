@@ -217,7 +217,26 @@ def test_values_take_the_type_of_their_key(data_dir):
   assert points[0].config["model"]["share_embeddings"] is False
 
 
+def test_keys_varied_together_make_families(data_dir):
+  """A family grid: attention kind and scale together (additive takes no scale policy, so
+  the product of the two keys would hold invalid points), times a numeric key."""
+  points = sweep_grid.plan(base_config(data_dir), [
+      "model.attention_kind+model.attention_scale=dot_product/inv_sqrt_dk,dot_product/none,"
+      "additive/inv_sqrt_dk", "model.d_ff=32,64"], [0])
+  assert [p.run_name for p in points][:3] == [
+      "attention_kind=dot_product,attention_scale=inv_sqrt_dk,d_ff=32,seed=0",
+      "attention_kind=dot_product,attention_scale=inv_sqrt_dk,d_ff=64,seed=0",
+      "attention_kind=dot_product,attention_scale=none,d_ff=32,seed=0"]
+  assert len(points) == 6 and points[-1].values == {
+      "model.attention_kind": "additive", "model.attention_scale": "inv_sqrt_dk",
+      "model.d_ff": 64}
+  assert points[-1].config["model"]["attention_kind"] == "additive"
+
+
 @pytest.mark.parametrize("overrides,grid,message", [
+    ({}, ["model.attention_kind+model.attention_scale=dot_product/none,additive"],
+     r"'additive' has 1 value\(s\) for 2 keys; join a key's values with '/'"),
+    ({}, ["model.d_ff+model.d_ff=32/32"], r"--grid gives model.d_ff twice"),
     ({}, ["model.d_fff=32"], r"--grid=model.d_fff: unknown config key; did you mean model.d_ff\?"),
     ({}, ["data.dropout_rate=0.1"], r"did you mean model.dropout_rate\?"),
     ({}, ["model.zzz=1"], r"unknown config key; valid keys of model: model.activation, "),

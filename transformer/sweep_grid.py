@@ -56,29 +56,44 @@ def parse_seeds(texts: Sequence[str]) -> list[int]:
   return seeds
 
 
-def parse_grid(base: ml_collections.ConfigDict, specs: Sequence[str]) -> dict[str, list[Any]]:
-  """{key: values} of the --grid flags, each value parsed to the key's type in the config."""
+def parse_grid(base: ml_collections.ConfigDict, specs: Sequence[str]
+               ) -> dict[tuple[str, ...], list[tuple[Any, ...]]]:
+  """{keys: value tuples} of the --grid flags, each value parsed to its key's type.
+
+  `KEY=V1,V2` varies one key; `KEY1+KEY2=A1/B1,A2/B2` varies keys together (a family such
+  as model.attention_kind+model.attention_scale=dot_product/none,additive/inv_sqrt_dk);
+  the flags multiply.
+  """
   defaults = settings.default_config()  # every key, typed: also for a base that omits some
-  grid: dict[str, list[Any]] = {}
+  grid: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+  seen: set[str] = set()
   for spec in specs:
-    key, sep, text = spec.partition("=")
-    key = key.strip()
-    if not sep or not key:
-      raise GridError(f"--grid={spec}: expected KEY=V1,V2,...")
-    if key in grid:
-      raise GridError(f"--grid gives {key} twice")
-    kind, nullable = _key_type(base, defaults, key)
+    head, sep, text = spec.partition("=")
+    keys = tuple(k.strip() for k in head.split("+"))
+    if not sep or not all(keys):
+      raise GridError(f"--grid={spec}: expected KEY=V1,V2,... or KEY1+KEY2=A1/B1,A2/B2,...")
+    for key in keys:
+      if key in seen:
+        raise GridError(f"--grid gives {key} twice")
+      seen.add(key)
+    types = [_key_type(base, defaults, key) for key in keys]
     items = [t.strip() for t in text.split(",")] if text.strip() else []
     if not items:
-      raise GridError(f"--grid={key}= has no values")
+      raise GridError(f"--grid={head}= has no values")
     if "" in items:
       raise GridError(f"--grid={spec}: an empty value")
-    values = [_parse(key, t, kind, nullable) for t in items]
+    values = []
+    for item in items:
+      parts = [p.strip() for p in item.split("/")] if len(keys) > 1 else [item]
+      if len(parts) != len(keys):
+        raise GridError(f"--grid={head}: {item!r} has {len(parts)} value(s) for {len(keys)} "
+                        "keys; join a key's values with '/'")
+      values.append(tuple(_parse(k, t, *kt) for k, t, kt in zip(keys, parts, types)))
     if len(set(values)) != len(values):
-      raise GridError(f"--grid={key} repeats a value: {','.join(items)}")
-    grid[key] = values
-  for key in grid:
-    fixed = [k for k in OVERRIDDEN_BY.get(key, ()) if k not in grid and _get(base, k) is not None]
+      raise GridError(f"--grid={head} repeats a value: {','.join(items)}")
+    grid[keys] = values
+  for key in seen:
+    fixed = [k for k in OVERRIDDEN_BY.get(key, ()) if k not in seen and _get(base, k) is not None]
     if fixed:
       raise GridError(f"the base config sets {', '.join(fixed)}, which override {key} that "
                       f"the grid varies; leave them unset (or sweep them too)")
@@ -92,10 +107,10 @@ def plan(base: Mapping[str, Any], specs: Sequence[str], seeds: Sequence[int]) ->
   grid = parse_grid(base, specs)
   if not seeds:
     raise GridError("--seeds is empty")
-  short = labels(list(grid))
+  short = labels([key for keys in grid for key in keys])
   points, names = [], {}
   for combination in itertools.product(*grid.values()):
-    values = dict(zip(grid, combination))
+    values = {k: v for keys, group in zip(grid, combination) for k, v in zip(keys, group)}
     name = ",".join(f"{short[k]}={_safe(value_text(v))}" for k, v in values.items())
     if name in names:
       raise GridError(f"grid values {names[name]} and {values} give the same name {name!r}")
