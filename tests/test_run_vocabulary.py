@@ -104,6 +104,15 @@ def test_tools_use_the_copy_and_resume_refuses_changed_data(text_run, tmp_path, 
   assert str(e.value) == (f"the data of this run changed since it started: {train_en} (sha256 "
                           f"{old[:12]} -> {_sha(train_en)[:12]}); restore it, or train in a "
                           "new --workdir")
+  # A split scored from changed data is scored as it is now, and says so.
+  train_de = text / "train.de"
+  original_de = train_de.read_text()
+  train_de.write_text(original_de + "eine Katze schläft auf der Matte\n")  # aligned again
+  out = io.StringIO()
+  commands.evaluate(workdir, split="test", beam_size=1, perplexity=False, limit=2, stdout=out)
+  assert f"the data changed since training: {train_de} (sha256 " in out.getvalue()
+  assert f"{train_en} (sha256 {old[:12]}" in out.getvalue()
+  train_de.write_text(original_de)
 
   # A run recorded before runs carried their vocabulary: rebuilt from the data, with a warning.
   train_en.write_text(original)

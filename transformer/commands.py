@@ -118,7 +118,12 @@ def _pairs(run: run_lib.Run, split: str | None, source: str | None, reference: s
       pairs = evaluation.split_examples(run, split, limit)
     except ValueError as e:
       raise UsageError(str(e).splitlines()[0]) from None
-    return pairs, f"split {split!r} of {run.data.dataset}"
+    what = f"split {split!r} of {run.data.dataset}"
+    changed = run_lib.changed_data(run)
+    if changed:  # scored as the data holds it now, with the run's own vocabulary
+      what += f" (the data changed since training: {'; '.join(changed)})"
+      logging.warning("%s: %s", run.workdir, what)
+    return pairs, what
   if not (source and reference):
     raise UsageError("--source and --reference go together")
   for flag, path in (("--source", source), ("--reference", reference)):

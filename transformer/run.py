@@ -157,6 +157,11 @@ def _sha256(path: str) -> str:
   return h.hexdigest()
 
 
+def changed_data(run: Run) -> list[str]:
+  """The recorded data files of a run whose content changed since it started (see below)."""
+  return _changed_files((run.vocabulary or {}).get("data_files") or {})
+
+
 def _changed_files(recorded: dict[str, str]) -> list[str]:
   """'FILE (sha256 X -> Y)' for each recorded data file whose content is not the same."""
   changed = []
