@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from train_fixtures import set_keys
 from transformer import commands, settings
 from transformer import run as run_lib
 from transformer.data import DataConfig, locking, sources
@@ -68,16 +69,9 @@ def test_a_bad_config_file_fails_in_one_line(command_lines, case):
 
 
 def _config(**overrides):
-  """The default experiment's config with `section.key` overrides."""
+  """The default experiment's config with `section__key` overrides (`section.key`)."""
   from experiments.configs import default  # noqa: PLC0415
-  config = default.get_config()
-  for key, value in overrides.items():
-    *sections, name = key.split("__")
-    node = config
-    for section in sections:
-      node = node[section]
-    node[name] = value
-  return config
+  return set_keys(default.get_config(), {k.replace("__", "."): v for k, v in overrides.items()})
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -83,6 +83,11 @@ def loop_config(data_dir: str, **overrides) -> ml_collections.ConfigDict:
                 max_target_length=12, pack=False),
       optim=dict(schedule="warmup_rsqrt", learning_rate=3e-3, warmup_steps=2),
       parallel=dict(backend="pmap")))
+  return set_keys(config, overrides)
+
+
+def set_keys(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+  """config with {'section.key': value} overrides applied (in place)."""
   for key, value in overrides.items():
     target = config
     *parents, last = key.split(".")

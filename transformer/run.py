@@ -239,18 +239,10 @@ def record_vocabulary(run: Run) -> None:
   path = os.path.join(run.workdir, VOCABULARY_RECORD)
   if jax.process_index() != 0 or os.path.exists(path):
     return
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  if run.vocabulary["file"] is not None:
-    _write_atomic(os.path.join(run.workdir, run.vocabulary["file"]),
-                  run.cache["vocabulary_bytes"])
-  _write_atomic(path, (json.dumps(run.vocabulary, indent=2) + "\n").encode())
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
+  if run.vocabulary["file"] is not None:  # (write_atomically creates WORKDIR/vocabulary/)
+    vocabularies.write_atomically(os.path.join(run.workdir, run.vocabulary["file"]),
+                                  run.cache["vocabulary_bytes"])
+  vocabularies.write_atomically(path, (json.dumps(run.vocabulary, indent=2) + "\n").encode())
 
 
 def _device_sharding() -> jax.sharding.Sharding:

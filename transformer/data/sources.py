@@ -125,16 +125,18 @@ def data_source(cfg: DataConfig, split: str) -> Sequence[dict[str, Any]]:
   check_data_dir(cfg.data_dir)
   # Prepared data is only read, so it needs no lock (and a read-only data_dir works):
   # TFDS writes into a temporary folder and renames it, so it is never seen half-written.
-  if tfds.builder(name, data_dir=cfg.data_dir, **kwargs).is_prepared():
-    return _source(cfg, name, kwargs, split)
+  dbuilder = tfds.builder(name, data_dir=cfg.data_dir, **kwargs)
+  if dbuilder.is_prepared():
+    return _source(cfg, dbuilder, name, kwargs, split)
   lock = os.path.join(cfg.data_dir, ".locks", name.replace("/", "__") + ".lock")
-  with file_lock(lock):
-    return _source(cfg, name, kwargs, split)
+  with file_lock(lock):  # a fresh builder: another process may have prepared it meanwhile
+    return _source(cfg, tfds.builder(name, data_dir=cfg.data_dir, **kwargs), name, kwargs,
+                   split)
 
 
-def _source(cfg: DataConfig, name: str, kwargs: dict[str, Any], split: str
-            ) -> Sequence[dict[str, Any]]:
-  splits = dict(tfds.builder(name, data_dir=cfg.data_dir, **kwargs).info.splits)
+def _source(cfg: DataConfig, dbuilder: tfds.core.DatasetBuilder, name: str,
+            kwargs: dict[str, Any], split: str) -> Sequence[dict[str, Any]]:
+  splits = dict(dbuilder.info.splits)
   if splits and split not in splits:  # catalog data may list none before preparing
     raise ValueError(f"{cfg.dataset}: no split {split!r}; available: {', '.join(splits)}")
   return tfds.data_source(name, split=split, data_dir=cfg.data_dir, builder_kwargs=kwargs)

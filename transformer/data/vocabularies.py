@@ -78,7 +78,8 @@ def train_sentencepiece(cfg: DataConfig, texts: Iterator[str]) -> bytes:
   return model.getvalue()
 
 
-def _write_atomically(path: str, data: bytes) -> None:
+def write_atomically(path: str, data: bytes) -> None:
+  """Writes `data` to `path` through a temporary file and a rename: never seen half-written."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = f"{path}.tmp.{os.getpid()}"
   with open(tmp, "wb") as f:
@@ -119,7 +120,7 @@ def vocabulary_bytes(cfg: DataConfig) -> bytes | None:
   if not os.path.exists(path):
     with file_lock(path + ".lock"):
       if not os.path.exists(path):  # another process may have trained it meanwhile
-        _write_atomically(path, _train(cfg))
+        write_atomically(path, _train(cfg))
   with open(path, "rb") as f:
     return f.read()
 
