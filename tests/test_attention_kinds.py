@@ -204,15 +204,17 @@ def test_additive_model_with_free_head_dim_learns_to_copy():
     state, loss = train(state, fx.copy_batch(rs, 16))
     losses.append(float(loss))
   assert np.mean(losses[-5:]) < np.mean(losses[:3]) - 0.5, losses
-  # Greedy decoding is a fixed point of teacher forcing: each output token is the argmax
-  # of the teacher-forced logits over the output before it (up to and with the first EOS).
+  # Greedy decoding is a fixed point of teacher forcing: each output token is an argmax of
+  # the teacher-forced logits over the output before it (up to and with the first EOS). Up
+  # to 1e-4: the cached and the full pass sum in different orders, so of two tokens tied to
+  # within rounding either may be chosen, differently on different CPUs.
   src = jnp.asarray(fx.copy_batch(rs, 4)["inputs"])
   out = np.asarray(decoding.greedy_decode(model, state.params, src, max_length=12))
-  logits = model.apply({"params": state.params}, src, jnp.asarray(out))
-  argmax = np.asarray(jnp.argmax(logits, -1))
+  logits = np.asarray(model.apply({"params": state.params}, src, jnp.asarray(out)))
+  chosen = np.take_along_axis(logits, out[..., None], axis=-1)[..., 0]
   for row, tokens in enumerate(out):
     n = int(np.argmax(tokens == 2)) + 1 if (tokens == 2).any() else len(tokens)
-    np.testing.assert_array_equal(argmax[row, :n], tokens[:n])
+    np.testing.assert_array_less(logits[row, :n].max(-1) - chosen[row, :n], 1e-4)
 
 
 def test_a_new_kind_is_one_function_and_one_registry_line(monkeypatch):
