@@ -1,11 +1,11 @@
 """A sweep over config keys: every grid point times every seed, then tables and pictures.
 
-  python -m experiments.sweep --config=experiments/configs/scale_ablation.py:large_dk \
+  python -m experiments.sweep --config=experiments/configs/dk_study.py:lr \
       --grid=model.attention_scale=inv_sqrt_dk,none,inv_dk,learned,qk_norm \
-      --seeds=0,1,2 --workdir=workdirs/ablate_large
+      --seeds=0,1,2 --workdir=workdirs/scales_dk256
   python -m experiments.sweep --config=experiments/configs/default.py \
       --grid=model.d_ff=128,256 --grid=optim.learning_rate=1e-3,3e-3 --workdir=DIR --dry_run
-  python -m experiments.sweep --config=experiments/configs/scale_ablation.py:large_dk \
+  python -m experiments.sweep --config=experiments/configs/dk_study.py:mechanism \
       --grid=model.attention_kind+model.attention_scale=dot_product/inv_sqrt_dk,dot_product/none,additive/inv_sqrt_dk \
       --grid=model.head_dim=64,256 --seeds=0,1 --workdir=DIR     # families x d_k
   python -m experiments.sweep ... --launcher=submitit --slurm_partition=gpu --gpus_per_run=1
@@ -36,6 +36,10 @@ flags.DEFINE_enum("launcher", "local", ["local", "submitit"],
 flags.DEFINE_string("metric", "eval_loss", "Final metric of the pivot and the pictures.")
 flags.DEFINE_float("target_loss", 1.0,
                    "Training loss whose first crossing is reported as steps_to_target.")
+flags.DEFINE_string("score_split", None, "After training: BLEU/chrF of each finished run "
+                    "on this split, decoded once (kept in the run directory and reused).")
+flags.DEFINE_integer("score_beam_size", 1, "Beam width of --score_split (1: greedy).",
+                     lower_bound=1)
 flags.DEFINE_integer("timeout_min", 240, "submitit: minutes a run may take.", lower_bound=1)
 flags.DEFINE_integer("gpus_per_run", 0, "submitit: GPUs of each job (0 hides them locally).",
                      lower_bound=0)
@@ -70,9 +74,13 @@ def main(argv):
     if FLAGS.dry_run:
       print(sweep.describe(points, FLAGS.workdir))
       return
+    if FLAGS.score_split:
+      sweep.check_score_split(points[0], FLAGS.score_split)
     options = _submitit_options() if FLAGS.launcher == "submitit" else None
     records = sweep.run_sweep(points, FLAGS.workdir, launcher=FLAGS.launcher,
                               submitit_options=options)
+    if FLAGS.score_split:
+      records = sweep.score_runs(records, FLAGS.score_split, beam_size=FLAGS.score_beam_size)
   except ValueError as e:  # a run directory of another config, a ConfigError of training
     sys.exit(f"error: {e}")
   except KeyboardInterrupt as e:  # Ctrl-C or a preempted run: nothing lost

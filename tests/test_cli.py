@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("experiments.count_params", ["--vocab_size=0"], "--vocab_size=0 must be positive"),
 ])
 def test_bad_command_lines_fail_in_one_line(tmp_path, module, args, message):
-  config = "experiments/configs/scale_ablation.py" if "sweep" in module else \
+  config = "experiments/configs/dk_study.py" if "sweep" in module else \
       "experiments/configs/default.py"
   base = [] if module.endswith("count_params") else [f"--config={config}",
                                                       f"--workdir={tmp_path / 'run'}"]

@@ -227,6 +227,8 @@ def test_keys_varied_together_make_families(data_dir):
       "attention_kind=dot_product,attention_scale=inv_sqrt_dk,d_ff=32,seed=0",
       "attention_kind=dot_product,attention_scale=inv_sqrt_dk,d_ff=64,seed=0",
       "attention_kind=dot_product,attention_scale=none,d_ff=32,seed=0"]
+  assert points[-1].axes == {"model.attention_kind+model.attention_scale": "additive/inv_sqrt_dk",
+                            "model.d_ff": 64}  # one axis of the tables, a string
   assert len(points) == 6 and points[-1].values == {
       "model.attention_kind": "additive", "model.attention_scale": "inv_sqrt_dk",
       "model.d_ff": 64}
@@ -332,3 +334,74 @@ def test_a_submitit_time_limit_leaves_the_run_to_resume(tmp_path, data_dir):
     sweep.run_one(point, directory, timed_out)
   assert not os.path.exists(os.path.join(directory, sweep.STATUS_FILE))
   assert sweep.run_state(point, str(tmp_path))["state"] == "new"
+
+
+def _run_with_init(tmp_path, d_k, kind, scale, seed, logit_std):
+  """A run directory whose step-0 attention record has this logit std (two sites)."""
+  directory = tmp_path / f"head_dim={d_k},{kind},{scale},seed={seed}"
+  directory.mkdir()
+  record = {"step": 0, "split": "attention"}
+  for site in ("encoder_0/self_attention", "decoder_0/cross_attention"):
+    record.update({f"attn/{site}/logit_std/mean": logit_std,
+                   f"attn/{site}/entropy_mean/mean": 1.0 + seed,
+                   f"attn/{site}/grad_norm_logits/mean": 0.01,
+                   f"attn/{site}/grad_norm_query/mean": 2.0,
+                   f"attn/{site}/grad_norm_key/mean": 3.0})
+  with open(directory / "metrics.jsonl", "w") as f:
+    f.write(json.dumps({"step": 0, "split": "train", "loss": 3.0}) + "\n")
+    f.write(json.dumps(record) + "\n")
+  family = f"{kind}/{scale}"
+  return {"name": f"{d_k},{family}", "run_dir": str(directory), "status": "finished",
+          "seed": seed, "axes": {"model.head_dim": d_k,
+                                 "model.attention_kind+model.attention_scale": family},
+          "config": {"model": {"attention_kind": kind, "attention_scale": scale}}}
+
+
+def test_step_0_statistics_against_d_k_and_the_fitted_theory(tmp_path):
+  """Logit stds made exactly c sqrt(d_k) s(d_k) (c = 0.7): the fit recovers c from the
+  three scaled families together; qk_norm and additive have no theory line."""
+  exponents = {"none": 0.5, "inv_sqrt_dk": 0.0, "inv_dk": -0.5}
+  records = []
+  for kind, scale in [("dot_product", s) for s in (*exponents, "qk_norm")] + [
+      ("additive", "inv_sqrt_dk")]:
+    for d_k in (16, 64, 256):
+      for seed in (0, 1):
+        std = 0.7 * d_k ** exponents[scale] if kind == "dot_product" and scale in exponents \
+            else 5.0
+        records.append(_run_with_init(tmp_path, d_k, kind, scale, seed, std))
+  keys = ["model.head_dim", "model.attention_kind+model.attention_scale"]
+  lines = sweep_plots.init_statistics(records, keys)
+  assert [l["label"] for l in lines] == [f"attention_kind+attention_scale={k}/{s}" for k, s in (
+      ("dot_product", "none"), ("dot_product", "inv_sqrt_dk"), ("dot_product", "inv_dk"),
+      ("dot_product", "qk_norm"), ("additive", "inv_sqrt_dk"))]
+  assert [l["exponent"] for l in lines] == [0.5, 0.0, -0.5, None, None]
+  x, mean, std = lines[0]["stats"]["logit_std"]
+  assert x.tolist() == [16, 64, 256] and mean == pytest.approx([2.8, 5.6, 11.2])
+  assert std.tolist() == [0.0, 0.0, 0.0]
+  _, entropy, entropy_std = lines[3]["stats"]["entropy_mean"]  # seeds 0, 1: 1 and 2 nats
+  assert entropy.tolist() == [1.5] * 3 and entropy_std == pytest.approx([2 ** -0.5] * 3)
+  assert sweep_plots.theory_constant(lines) == pytest.approx(0.7)
+  path = sweep_plots._at_init(sweep_plots.attention_maps.pyplot(), records, keys, str(tmp_path))
+  assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n" and os.path.getsize(path) < 200_000
+
+
+def test_a_split_is_scored_once_per_finished_run(swept, data_dir, monkeypatch, tmp_path):
+  workdir, records, _ = swept
+  scored = sweep.score_runs(records, "test", beam_size=1)
+  finished = [r for r in scored if r["status"] == "finished"]
+  assert len(finished) == 4 and all("score" not in r for r in scored if r not in finished)
+  for r in finished:
+    on_disk = json.load(open(os.path.join(r["run_dir"], "score_test_beam1.json")))
+    assert on_disk == r["score"] and on_disk["split"] == "test" and on_disk["lines"] == 16
+    assert 0.0 <= on_disk["bleu"] <= 100.0 and "nrefs:1" in on_disk["bleu_signature"]
+  from transformer import commands  # noqa: PLC0415
+  monkeypatch.setattr(commands, "evaluate", lambda *a, **k: pytest.fail("decoded twice"))
+  assert sweep.score_runs(records, "test", beam_size=1) == scored  # read back, not decoded
+  rows = sweep_tables.summarize(scored, target_loss=100.0)
+  bleus = [r["score"]["bleu"] for r in finished[:2]]
+  assert rows[0]["score_bleu"][::2] == (pytest.approx(sum(bleus) / 2), 2)
+  assert rows[2]["score_bleu"][2] == 0  # diverged: no score
+  md, _ = sweep_tables.write_tables(rows, scored, str(tmp_path), 100.0)
+  assert "score_*: split 'test' decoded once after training (greedy); nrefs:1" in open(md).read()
+  with pytest.raises(ValueError, match=r"^--score_split=nosuch: .*no split 'nosuch'"):
+    sweep.check_score_split(sweep_grid.plan(base_config(data_dir), [], [0])[0], "nosuch")

@@ -106,7 +106,8 @@ def describe(points: Sequence[Point], workdir: str) -> str:
 
 
 def _record(point: Point, directory: str, status: Mapping[str, Any]) -> dict[str, Any]:
-  return {"name": point.name, "values": dict(point.values), "seed": point.seed,
+  return {"name": point.name, "values": dict(point.values), "axes": dict(point.axes),
+          "seed": point.seed,
           "run_dir": directory, "status": status["status"], "message": status.get("message", ""),
           "config": status.get("config")}
 
@@ -135,6 +136,46 @@ def run_one(point: Point, directory: str, train_fn: TrainFn) -> dict[str, Any]:
   status.update(config=resolved, name=point.name, values=point.values, seed=point.seed)
   _write_json(os.path.join(directory, STATUS_FILE), status)
   return _record(point, directory, status)
+
+
+def score_file(split: str, beam_size: int) -> str:
+  return f"score_{split}_beam{beam_size}.json"
+
+
+def check_score_split(point: Point, split: str) -> None:
+  """ValueError in one line, before anything trains, where the data has no such split."""
+  from transformer.data import sources  # noqa: PLC0415
+  _, data_cfg, _, _ = settings.resolve(point.config)
+  try:
+    sources.data_source(data_cfg, split)
+  except ValueError as e:
+    raise ValueError(f"--score_split={split}: {str(e).splitlines()[0]}") from None
+
+
+def score_runs(records: Sequence[dict[str, Any]], split: str, *, beam_size: int = 1,
+               alpha: float = 0.6) -> list[dict[str, Any]]:
+  """The records with "score": BLEU and chrF of each finished run's latest checkpoint on
+  `split` (`commands.evaluate`), decoded once: RUN/score_SPLIT_beamB.json is kept and
+  reused, so a study scores its test split after all choices, and only once."""
+  from transformer import commands  # noqa: PLC0415  (decoding: JAX)
+  out = []
+  for r in records:
+    r = dict(r)
+    path = os.path.join(r["run_dir"], score_file(split, beam_size))
+    if r["status"] == "finished":
+      score = _read_json(path)
+      if score is None:
+        with open(os.devnull, "w") as devnull:
+          result = commands.evaluate(r["run_dir"], split=split, beam_size=beam_size,
+                                     alpha=alpha, perplexity=False, stdout=devnull)
+        score = {k: result[k] for k in ("bleu", "chrf", "bleu_signature", "chrf_signature",
+                                        "lines", "checkpoint")}
+        score.update(split=split, beam_size=beam_size, alpha=alpha)
+        _write_json(path, score)
+        logging.info("%s: %s BLEU %.2f", r["run_dir"], split, score["bleu"])
+      r["score"] = score
+    out.append(r)
+  return out
 
 
 def run_point(point: Point, directory: str) -> dict[str, Any]:

@@ -40,6 +40,8 @@ class Point:
   name: str                  # the grid values, e.g. 'attention_scale=none,d_ff=128'
   run_name: str              # its directory: the name and the seed, e.g. '...,seed=0'
   values: dict[str, Any]     # {grid key: value}
+  axes: dict[str, Any]       # {grid flag's key: value}: keys varied together are one axis,
+                             # 'K1+K2' with the value text 'A/B' (the tables' columns)
   seed: int
   config: dict[str, Any]     # the run's config, as ConfigDict.to_dict()
 
@@ -111,6 +113,8 @@ def plan(base: Mapping[str, Any], specs: Sequence[str], seeds: Sequence[int]) ->
   points, names = [], {}
   for combination in itertools.product(*grid.values()):
     values = {k: v for keys, group in zip(grid, combination) for k, v in zip(keys, group)}
+    axes = {"+".join(keys): group[0] if len(keys) == 1 else "/".join(map(value_text, group))
+            for keys, group in zip(grid, combination)}
     name = ",".join(f"{short[k]}={_safe(value_text(v))}" for k, v in values.items())
     if name in names:
       raise GridError(f"grid values {names[name]} and {values} give the same name {name!r}")
@@ -122,8 +126,8 @@ def plan(base: Mapping[str, Any], specs: Sequence[str], seeds: Sequence[int]) ->
         settings.resolve(config)
       except settings.ConfigError as e:
         raise GridError(f"grid point {run_name}: {e}") from None
-      points.append(Point(name=name or "base", run_name=run_name, values=values, seed=seed,
-                          config=config))
+      points.append(Point(name=name or "base", run_name=run_name, values=values, axes=axes,
+                          seed=seed, config=config))
   return points
 
 
@@ -133,9 +137,13 @@ def value_text(value: Any) -> str:
 
 
 def labels(keys: Sequence[str]) -> dict[str, str]:
-  """{key: short label}: the last component, or the whole key where two keys share it."""
-  last = [k.rpartition(".")[2] for k in keys]
-  return {k: _safe(l if last.count(l) == 1 else k) for k, l in zip(keys, last)}
+  """{key: short label}: the last component, or the whole key where two keys share it; an
+  axis of keys varied together ('K1+K2') is labelled by its keys' labels, joined by '+'."""
+  parts = [k.split("+") for k in keys]
+  flat = [p for ps in parts for p in ps]
+  last = [p.rpartition(".")[2] for p in flat]
+  short = {p: _safe(l if last.count(l) == 1 else p) for p, l in zip(flat, last)}
+  return {k: "+".join(short[p] for p in ps) for k, ps in zip(keys, parts)}
 
 
 def _safe(text: str) -> str:

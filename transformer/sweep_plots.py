@@ -1,9 +1,12 @@
 """Pictures of a sweep (matplotlib Agg, small PNG files in the sweep directory).
 
 loss_curves.png       training loss per grid point: mean over seeds, min-max band
-attention_stats.png   attention entropy and max |logit| over training (probe batch)
+attention_stats.png   attention entropy, max |logit| and the gradient norm reaching the
+                      logits over training (probe batch)
 METRIC_vs_KEY.png     for each numeric grid key: the final --metric against it, one line
                       per combination of the other keys, error bars = std over seeds
+attention_at_init.png for a sweep over model.head_dim: the step-0 attention statistics
+                      against d_k with the theory of the logit scale drawn in
 attention_maps.png    the probe example's attention per head, one row per grid point
                       (`transformer.attention_maps`)
 """
@@ -80,17 +83,19 @@ def plot_sweep(records: list[dict[str, Any]], rows: list[dict[str, Any]], workdi
   ax.legend(**legend)
   written.append(_save(fig, workdir, "loss_curves.png"))
 
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
   for n in names:
-    entropy = _curves(records, n, "attention", lambda m: _attn_mean(m, "entropy_mean"))
-    max_logit = _curves(records, n, "attention", lambda m: _attn_max(m, "max_abs_logit"))
-    if entropy:
-      _band(axes[0], entropy, n, colors[n])
-    if max_logit:
-      _band(axes[1], max_logit, n, colors[n])
+    for ax, pick in zip(axes, (lambda m: _attn_mean(m, "entropy_mean"),
+                               lambda m: _attn_max(m, "max_abs_logit"),
+                               lambda m: _attn_mean(m, "grad_norm_logits"))):
+      curves = _curves(records, n, "attention", pick)
+      if curves:
+        _band(ax, curves, n, colors[n])
   axes[0].set(xlabel="step", ylabel="nats", title="Attention entropy (mean over layers, heads)")
   axes[1].set(xlabel="step", ylabel="|logit|", yscale="log",
               title="Max |attention logit| (over layers, heads)")
+  axes[2].set(xlabel="step", ylabel="norm", yscale="log",
+              title="Gradient reaching the logits (mean)")
   axes[0].legend(**legend)
   written.append(_save(fig, workdir, "attention_stats.png"))
 
@@ -102,6 +107,8 @@ def plot_sweep(records: list[dict[str, Any]], rows: list[dict[str, Any]], workdi
     if path:
       written.append(path)
 
+  if "model.head_dim" in keys:
+    written.append(_at_init(plt, records, keys, workdir))
   maps = _attention_maps(records, workdir)
   if maps:
     written.append(maps)
@@ -142,7 +149,7 @@ def _metric_against(plt, rows: list[dict[str, Any]], keys: list[str], key: str, 
     if not line:
       continue
     x, mean, std = zip(*line)
-    label = ", ".join(f"{k}={value_text(v)}" for k, v in zip(others, combo)) or None
+    label = _label(others, combo)
     ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=label,
                 color=plt.get_cmap("tab10")(i % 10))
     plotted += 1
@@ -159,6 +166,84 @@ def _metric_against(plt, rows: list[dict[str, Any]], keys: list[str], key: str, 
   if others:
     ax.legend(fontsize=8)
   return _save(fig, os.path.dirname(path), os.path.basename(path))
+
+
+def _label(keys: list[str], combo: tuple) -> str | None:
+  short = labels(keys)
+  return ", ".join(f"{short[k]}={value_text(v)}" for k, v in zip(keys, combo)) or None
+
+
+# Unscaled, q . k over d_k terms of unit-variance products has std ~ sqrt(d_k) (§3.2.1,
+# footnote 4): a scale policy's factor s(d_k) makes it c sqrt(d_k) s(d_k).
+LOGIT_STD_EXPONENT = {"none": 0.5, "inv_sqrt_dk": 0.0, "inv_dk": -0.5}
+INIT_STATS = (("logit_std", "logit std", "log"), ("entropy_mean", "entropy (nats)", "linear"),
+              ("grad_norm_logits", "|dL/dlogits|", "log"),
+              ("grad_norm_query", "|dL/dW^Q|", "log"), ("grad_norm_key", "|dL/dW^K|", "log"))
+
+
+def init_statistics(records: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
+  """One line per combination of the axes other than model.head_dim: its label, the
+  theory's exponent of d_k in the logit std (None where there is none) and, per statistic
+  of INIT_STATS, (d_k values, mean, std over seeds) at step 0, mean over layers and sites."""
+  others = [k for k in keys if k != "model.head_dim"]
+  lines = []
+  for combo in dict.fromkeys(tuple(r["axes"][k] for k in others) for r in records):
+    runs = [r for r in records if tuple(r["axes"][k] for k in others) == combo]
+    model = (runs[0].get("config") or {}).get("model", {})
+    line = {"label": _label(others, combo), "stats": {},
+            "exponent": (LOGIT_STD_EXPONENT.get(model.get("attention_scale"))
+                         if model.get("attention_kind") == "dot_product" else None)}
+    firsts = []
+    for r in runs:
+      first = [m for m in run_metrics(r["run_dir"]) if m["split"] == "attention"][:1]
+      if first and first[0]["step"] == 0:
+        firsts.append((r["axes"]["model.head_dim"], first[0]))
+    for stat, _, _ in INIT_STATS:
+      by_dk: dict[float, list[float]] = {}
+      for d_k, m in firsts:
+        value = _attn_mean(m, stat)
+        if value is not None:
+          by_dk.setdefault(d_k, []).append(value)
+      x = sorted(by_dk)
+      line["stats"][stat] = (np.array(x, np.float64),
+                             np.array([np.mean(by_dk[d]) for d in x]),
+                             np.array([np.std(by_dk[d], ddof=1) if len(by_dk[d]) > 1 else 0.0
+                                       for d in x]))
+    lines.append(line)
+  return lines
+
+
+def theory_constant(lines: list[dict[str, Any]]) -> float | None:
+  """c of logit std = c d_k^e, fitted in log space to every point of the lines with a
+  theory: log c = mean(log std - e log d_k)."""
+  logs = [np.log(l["stats"]["logit_std"][1]) - l["exponent"] * np.log(l["stats"]["logit_std"][0])
+          for l in lines if l["exponent"] is not None and l["stats"]["logit_std"][0].size]
+  return float(np.exp(np.mean(np.concatenate(logs)))) if logs else None
+
+
+def _at_init(plt, records: list[dict[str, Any]], keys: list[str], workdir: str) -> str:
+  """Step-0 statistics against d_k, a line per combination of the other axes, error bars
+  over seeds; dashed on the logit std: the theory c d_k^e, one c for all lines."""
+  lines = init_statistics(records, keys)
+  c = theory_constant(lines)
+  fig, axes = plt.subplots(1, len(INIT_STATS), figsize=(3.4 * len(INIT_STATS), 3.6))
+  cmap = plt.get_cmap("tab10")
+  for i, line in enumerate(lines):
+    for ax, (stat, _, _) in zip(axes, INIT_STATS):
+      x, mean, std = line["stats"][stat]
+      if x.size:
+        ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, color=cmap(i % 10),
+                    label=line["label"])
+    x = line["stats"]["logit_std"][0]
+    if c is not None and line["exponent"] is not None and x.size:
+      axes[0].plot(x, c * x ** line["exponent"], "--", color=cmap(i % 10), alpha=0.7)
+  if c is not None:
+    axes[0].plot([], [], "k--", label=f"theory {c:.2g} sqrt(d_k) s(d_k)")
+  for ax, (_, title, yscale) in zip(axes, INIT_STATS):
+    ax.set(xlabel="d_k (model.head_dim)", title=f"{title} at step 0", yscale=yscale)
+    ax.set_xscale("log", base=2)
+  axes[0].legend(fontsize=7)
+  return _save(fig, workdir, "attention_at_init.png")
 
 
 def _attention_maps(records: list[dict[str, Any]], workdir: str) -> str | None:

@@ -24,8 +24,11 @@ FINAL_METRICS = (("train_loss", "train", "loss"), ("eval_loss", "eval", "loss"),
                  ("eval_accuracy", "eval", "accuracy"), ("test_loss", "test", "loss"),
                  ("test_accuracy", "test", "accuracy"),
                  ("test_exact_match", "test", "greedy_exact_match"),
-                 ("eval_bleu", "eval_bleu", "bleu"))
-METRICS = tuple(c for c, _, _ in FINAL_METRICS) + ("steps_to_target",)
+                 ("eval_perplexity", "eval", "perplexity"), ("eval_bleu", "eval_bleu", "bleu"))
+# Of `sweep.score_runs` (a split decoded once after training), where the records carry it.
+SCORES = (("score_bleu", "bleu"), ("score_chrf", "chrf"))
+METRICS = tuple(c for c, _, _ in FINAL_METRICS) + tuple(c for c, _ in SCORES) + (
+    "steps_to_target",)
 COUNTS = ("runs", "finished", "diverged", "failed", "reached_target")
 
 
@@ -53,7 +56,8 @@ def steps_to_target(metrics: list[dict[str, Any]], target_loss: float) -> float:
 
 
 def grid_keys(records: list[dict[str, Any]]) -> list[str]:
-  return list(records[0]["values"]) if records else []
+  """The table's and pictures' axes: one per --grid flag (keys varied together are one)."""
+  return list(records[0]["axes"]) if records else []
 
 
 def summarize(records: list[dict[str, Any]], target_loss: float) -> list[dict[str, Any]]:
@@ -63,7 +67,7 @@ def summarize(records: list[dict[str, Any]], target_loss: float) -> list[dict[st
   for name in dict.fromkeys(r["name"] for r in records):
     runs = [r for r in records if r["name"] == name]
     done = [r for r in runs if r["status"] == "finished"]
-    row: dict[str, Any] = {"name": name, "values": runs[0]["values"], "runs": len(runs),
+    row: dict[str, Any] = {"name": name, "values": runs[0]["axes"], "runs": len(runs),
                            "finished": len(done),
                            "diverged": sum(r["status"] == "diverged" for r in runs),
                            "failed": sum(r["status"] == "failed" for r in runs)}
@@ -71,6 +75,9 @@ def summarize(records: list[dict[str, Any]], target_loss: float) -> list[dict[st
     for column, split, name in FINAL_METRICS:
       row[column] = _mean_std(np.array([final_value(m, split, name) for m in metrics],
                                        np.float64))
+    for column, name in SCORES:
+      row[column] = _mean_std(np.array([(r.get("score") or {}).get(name, math.nan)
+                                        for r in done], np.float64))
     steps = np.array([steps_to_target(m, target_loss) for m in metrics], np.float64)
     row["steps_to_target"] = _mean_std(steps)
     row["reached_target"] = int(np.sum(~np.isnan(steps)))
@@ -84,6 +91,16 @@ def _mean_std(values: np.ndarray) -> tuple[float, float, int]:
     return (math.nan, math.nan, 0)
   return (float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0,
           int(values.size))
+
+
+def _scored(records: list[dict[str, Any]]) -> str:
+  scores = [r["score"] for r in records if r.get("score")]
+  if not scores:
+    return ""
+  s = scores[0]
+  decoding = "greedy" if s["beam_size"] == 1 else f"beam {s['beam_size']}, alpha {s['alpha']}"
+  return (f" score_*: split {s['split']!r} decoded once after training ({decoding}); "
+          f"{s['bleu_signature']}")
 
 
 def _fmt(cell: Any) -> str:
@@ -126,7 +143,7 @@ def write_tables(rows: list[dict[str, Any]], records: list[dict[str, Any]], work
   md = os.path.join(workdir, "results.md")
   lines = [f"# Sweep over {', '.join(keys) or 'seeds'}", "",
            f"Mean ± std over finished seeds; steps_to_target: first logged step with training "
-           f"loss <= {target_loss}.", "",
+           f"loss <= {target_loss}." + _scored(records), "",
            "| " + " | ".join([*keys, "finished", "diverged", "failed", "reached target",
                               *present]) + " |",
            "|---" * (len(keys) + 4 + len(present)) + "|"]
