@@ -220,6 +220,15 @@ def test_a_workdir_of_another_config_is_refused_naming_keys_and_commit(tmp_path)
   later["num_train_steps"] = 60   # not part of the identity: a run may be extended
   later["data"]["data_dir"] = "/elsewhere/tfds"   # where prepared data is cached: not compared
   assert settings.check_workdir(str(workdir), later)
+  # A key added since the run was recorded resumes it at its default, not at another value.
+  older = json.loads(json.dumps(resolved))
+  del older["model"]["head_dim"], older["label_smoothing"]
+  (workdir / settings.RUN_CONFIG).write_text(json.dumps(older))
+  assert settings.check_workdir(str(workdir), resolved)
+  changed = json.loads(json.dumps(resolved))
+  changed["model"]["head_dim"] = 8
+  with pytest.raises(settings.ConfigError, match=r"model.head_dim: \(absent\) -> 8"):
+    settings.check_workdir(str(workdir), changed)
 
 
 def test_a_run_whose_data_is_broken_is_named_as_such_not_as_another_version(tmp_path):

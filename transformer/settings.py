@@ -188,8 +188,10 @@ def differences(recorded: Mapping[str, Any], config: Mapping[str, Any],
                 keys: tuple[str, ...] = IDENTITY_KEYS) -> str:
   """'key: old -> new; ...' (the first four) where two resolved configs differ on `keys`."""
   diffs = []
+  defaults = default_config().to_dict()
   for key in keys:
-    diffs += _differences(recorded.get(key, _ABSENT), config.get(key, _ABSENT), f"{key}.")
+    diffs += _differences(recorded.get(key, _ABSENT), config.get(key, _ABSENT), f"{key}.",
+                          defaults.get(key, _ABSENT))
   return "; ".join(diffs[:4]) + ("; ..." if len(diffs) > 4 else "")
 
 
@@ -201,14 +203,18 @@ class _Absent:
 _ABSENT = _Absent()
 
 
-def _differences(old: Any, new: Any, prefix: str) -> list[str]:
+def _differences(old: Any, new: Any, prefix: str, default: Any) -> list[str]:
   if prefix[:-1] in NOT_COMPARED:
     return []
   if isinstance(old, Mapping) and isinstance(new, Mapping):
     out = []
+    defaults = default if isinstance(default, Mapping) else {}
     for key in sorted(set(old) | set(new)):
-      out += _differences(old.get(key, _ABSENT), new.get(key, _ABSENT), f"{prefix}{key}.")
+      out += _differences(old.get(key, _ABSENT), new.get(key, _ABSENT), f"{prefix}{key}.",
+                          defaults.get(key, _ABSENT))
     return out
+  if old is _ABSENT and new == default:  # a key added since, at its default: new knobs
+    return []                            # default to the behaviour that was there before
   return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
 
 

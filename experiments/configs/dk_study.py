@@ -73,6 +73,8 @@ def _multi30k() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 250
   config.max_checkpoints_to_keep = 1
   config.decode_examples = 0
-  config.model.update(num_heads=1, head_dim=128)
+  # Chosen on validation greedy BLEU (256 lines) of the paper's family at d_k 128, 500 steps:
+  # dropout 0.1 gave 18.1, dropout 0 gave 23.4 (docs/dk_study.md). A short budget underfits.
+  config.model.update(num_heads=1, head_dim=128, dropout_rate=0.0)
   config.optim.update(warmup_steps=100)
   return config
