@@ -287,3 +287,15 @@ def numpy_heads_out(logits, mask, v, p):
   w = w / w.sum(-1, keepdims=True)
   heads = np.einsum("bhts,bshd->bthd", w, v)
   return np.einsum("bthd,hdm->btm", heads, p["out"]["kernel"]) + p["out"]["bias"]
+
+
+def test_no_positional_encoding_adds_nothing_and_has_no_parameters():
+  from transformer.layers import PositionalEncoding
+  cfg = TransformerConfig.tiny(positional_encoding="none")
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 64)), jnp.float32)
+  positions = jnp.broadcast_to(jnp.arange(5), (2, 5))
+  variables = PositionalEncoding(cfg).init(jax.random.key(0), x, positions)
+  assert not variables
+  np.testing.assert_array_equal(PositionalEncoding(cfg).apply(variables, x, positions), x)
+  learned = TransformerConfig.tiny(positional_encoding="learned")
+  assert count_parameters(learned) - count_parameters(cfg) == 2 * 128 * 64  # both tables

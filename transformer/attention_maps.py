@@ -3,6 +3,8 @@
 plot_maps         a grid, one row per layer (or run), one column per head, one colour bar
 plot_probe_maps   the sweep's attention_maps.png: each run's probe example, one layer
 plot_translation  decoder cross-attention of a translation, teacher-forced on its output
+plot_patch_maps   a ViT's attention over the image patches, drawn on the image (image runs'
+                  attention_maps.png in a sweep)
 
 Query rows of decoder layers are labelled with the token each position predicts (the
 target at that position; its input is the previous token, BOS first), so a
@@ -59,6 +61,72 @@ def probe_tokens(tokenizer, batch: Mapping[str, np.ndarray]) -> dict[str, np.nda
       ids = np.asarray(batch[key][0])
       out[f"tokens/{name}"] = np.array(token_labels(tokenizer, ids[:np.sum(ids != 0)]), str)
   return out
+
+
+def probe_image(vision, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """An image run's probe record: token labels ('cls', then each patch's 'row,column') as
+  'tokens/source', the first image [H, W, C] in [-1, 1] and the patch size."""
+  patches = [f"{r},{c}" for r in range(vision.grid) for c in range(vision.grid)]
+  labels = (["cls"] if vision.pooling == "cls" else []) + patches
+  return {"tokens/source": np.array(labels, str), "image/pixels": np.asarray(batch["images"][0]),
+          "image/patch_size": np.asarray(vision.patch_size)}
+
+
+class PatchRow(NamedTuple):
+  image_HWC: np.ndarray                # in [-1, 1]
+  weights_HTS: np.ndarray              # one encoder layer's self-attention, L = [CLS] + N or N
+  patch_size: int
+  layer: str = ""
+  name: str = ""
+
+
+def patch_attention(weights_HTS: np.ndarray, grid: int) -> np.ndarray:
+  """[H, G, G]: where the [CLS] query looks, per head (its row over the patches); without a
+  [CLS] token (global average pooling), the mean weight each patch receives."""
+  n = grid * grid
+  if weights_HTS.shape[-1] == n + 1:
+    return weights_HTS[:, 0, 1:].reshape(-1, grid, grid)
+  return weights_HTS.mean(axis=1).reshape(-1, grid, grid)
+
+
+def plot_patch_maps(rows: Sequence[PatchRow], path: str, title: str = ""):
+  """The image, then each head's `patch_attention` over it (one row per layer or run, one
+  colour scale); returns the (closed) figure."""
+  plt = pyplot()
+  heads = max(r.weights_HTS.shape[0] for r in rows)
+  fig, axes = plt.subplots(len(rows), heads + 1, squeeze=False, layout="constrained",
+                           figsize=(1.9 * (heads + 1) + 1.0, 1.9 * len(rows) + 0.5))
+  maps = []
+  for r in rows:
+    grid = r.image_HWC.shape[0] // r.patch_size
+    maps.append(patch_attention(r.weights_HTS, grid))
+  vmax = max(float(m.max()) for m in maps) or 1.0
+  image = None
+  for row, per_head, axes_row in zip(rows, maps, axes):
+    pixels = np.clip((row.image_HWC + 1.0) / 2.0, 0.0, 1.0)
+    shown = pixels[..., 0] if pixels.shape[-1] == 1 else pixels
+    axes_row[0].imshow(shown, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    label = "\n".join(textwrap.wrap(row.name.replace(",", ", "), 28)) if row.name else ""
+    axes_row[0].set_title(label or "image", fontsize=7)
+    for h, ax in enumerate(axes_row[1:]):
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if h >= per_head.shape[0]:
+        ax.axis("off")
+        continue
+      up = np.kron(per_head[h], np.ones((row.patch_size, row.patch_size)))  # patch -> pixels
+      ax.imshow(shown, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+      image = ax.imshow(up, cmap="inferno", vmin=0.0, vmax=vmax, alpha=0.65,
+                        interpolation="nearest")
+      ax.set_title(f"{row.layer}, head {h}", fontsize=7)
+    axes_row[0].set_xticks([])
+    axes_row[0].set_yticks([])
+  fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight ([CLS] query)")
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return fig
 
 
 def _layer_order(name: str) -> tuple[str, int, str]:
@@ -132,13 +200,17 @@ def plot_maps(rows: Sequence[Row], path: str, title: str = ""):
   return fig
 
 
-def probe_row(path: str, name: str) -> Row:
+def probe_row(path: str, name: str) -> Row | PatchRow:
   """The last encoder self-attention layer of a probe file (no encoder: the last layer)."""
   with np.load(path) as probe:
-    layers = sorted((k for k in probe.files if not k.startswith("tokens/")), key=_layer_order)
+    layers = sorted((k for k in probe.files if not k.startswith(("tokens/", "image/"))),
+                    key=_layer_order)
     layer = next((n for n in reversed(layers) if n.startswith("encoder")), layers[-1])
     tokens = {k.removeprefix("tokens/"): probe[k].tolist() for k in probe.files
               if k.startswith("tokens/")}  # absent in files of older runs
+    if "image/pixels" in probe.files:  # an image run: its patches, drawn on the image
+      return PatchRow(probe["image/pixels"], probe[layer], int(probe["image/patch_size"]), layer,
+                      name)
     y_name, x_name = _axes_of(layer)
     side = {SOURCE: tokens.get("source"), TARGET: tokens.get("target")}
     return Row(layer, probe[layer], side[y_name], side[x_name], name)
@@ -146,7 +218,8 @@ def probe_row(path: str, name: str) -> Row:
 
 def plot_probe_maps(records: list[dict[str, Any]], workdir: str) -> str | None:
   """WORKDIR/attention_maps.png: one row per distinct `name`, from its first run with a probe
-  file; returns the path (None when no run has one)."""
+  file; returns the path (None when no run has one). Image runs: the last encoder layer's
+  attention over the probe image's patches (`plot_patch_maps`)."""
   rows = []
   for name in dict.fromkeys(r["name"] for r in records):
     paths = [os.path.join(r["run_dir"], PROBE_FILE) for r in records if r["name"] == name]
@@ -156,7 +229,11 @@ def plot_probe_maps(records: list[dict[str, Any]], workdir: str) -> str | None:
   if not rows:
     return None
   out = os.path.join(workdir, "attention_maps.png")
-  plot_maps(rows, out, "The probe example's attention (last evaluation)")
+  if all(isinstance(r, PatchRow) for r in rows):
+    plot_patch_maps(rows, out, "The probe image's attention over its patches (last evaluation)")
+  else:
+    plot_maps([r for r in rows if isinstance(r, Row)], out,
+              "The probe example's attention (last evaluation)")
   return out
 
 

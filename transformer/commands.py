@@ -138,7 +138,8 @@ def evaluate(workdir: str, *, split: str | None = None, source: str | None = Non
              checkpoint: str = "latest", batch_size: int = 32, limit: int = 0,
              output: str | None = None, perplexity: bool = True,
              stdout: IO[str] | None = None) -> dict[str, Any]:
-  """Prints BLEU and chrF (with signatures), direction, line count and perplexity."""
+  """Prints BLEU and chrF (with signatures), direction, line count and perplexity; for an
+  image classifier, the top-1 accuracy of a split (`evaluate_images`)."""
   _check_decoding(beam_size, alpha, batch_size)
   _check_workdir(workdir)
   if limit < 0:
@@ -147,6 +148,12 @@ def evaluate(workdir: str, *, split: str | None = None, source: str | None = Non
                     for p in (source, reference) if p):
     raise UsageError(f"--output={output!r} would overwrite an input file")
   run = run_lib.load(workdir)
+  if run.data.images:
+    if not split or source or reference:
+      raise UsageError("an image classifier is evaluated on a --split of its dataset "
+                       "(no --source / --reference)")
+    return evaluate_images(run, split, checkpoint=checkpoint, batch_size=batch_size,
+                           limit=limit, stdout=stdout)
   run.check_translation()
   run_lib.check_checkpoint(run, checkpoint)
   pairs, what = _pairs(run, split, source, reference, limit)
@@ -177,6 +184,28 @@ def evaluate(workdir: str, *, split: str | None = None, source: str | None = Non
   out.write("\n".join(lines) + "\n")
   out.flush()
   return {**result, "hypotheses": hypotheses}
+
+
+def evaluate_images(run: run_lib.Run, split: str, *, checkpoint: str = "latest",
+                    batch_size: int = 32, limit: int = 0, stdout: IO[str] | None = None
+                    ) -> dict[str, Any]:
+  """Prints the top-1 accuracy, loss and nll of an image run on a split (`limit`: the first
+  that many batches)."""
+  run_lib.check_checkpoint(run, checkpoint)
+  params, described = run_lib.restore_params(run, checkpoint)
+  try:
+    scores = evaluation.classify_split(run, params, split, batch_size=batch_size, limit=limit)
+  except ValueError as e:  # e.g. a split the dataset does not have
+    raise UsageError(str(e).splitlines()[0]) from None
+  lines = [f"run: {run.workdir} ({described})",
+           f"data: split {split!r} of {run.data.dataset}, {int(scores['images'])} images",
+           f"top-1 accuracy: {scores['top1_accuracy']:.4f}",
+           f"loss: {scores['loss']:.4f} (label smoothing {run.settings.label_smoothing}), "
+           f"nll: {scores['nll']:.4f}"]
+  out = stdout or sys.stdout
+  out.write("\n".join(lines) + "\n")
+  out.flush()
+  return {**scores, "checkpoint": described, "direction": run.direction}
 
 
 def average(workdir: str, last: int, *, overwrite: bool = False,

@@ -16,7 +16,7 @@ from transformer.attention import IMPLEMENTATIONS, KINDS, ScalePolicy, parse_sca
 
 NORM_POSITIONS = ("post", "pre")
 _DEFAULT_POLICY = parse_scale("inv_sqrt_dk")
-POSITIONAL_ENCODINGS = ("sinusoidal", "learned")
+POSITIONAL_ENCODINGS = ("sinusoidal", "learned", "none")  # none: no position information
 ACTIVATIONS = ("relu", "gelu")
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_SITES = ("encoder_self", "decoder_self", "cross")  # where attention runs

@@ -123,8 +123,8 @@ class Probe:
   """
 
   def __init__(self, model, batch: Mapping[str, np.ndarray], rows: int = 4):
-    self.batch = {k: jnp.asarray(v[:rows]) for k, v in model_inputs(batch).items()
-                  if v is not None}
+    keys = {*model_inputs(batch), "targets", "targets_segment_ids"}  # the model's and the loss's
+    self.batch = {k: jnp.asarray(batch[k][:rows]) for k in keys if batch.get(k) is not None}
 
     def loss_fn(params, perturbations):
       sums = step.loss_sums(model, params, self.batch, label_smoothing=0.0,
@@ -153,6 +153,8 @@ class Probe:
 
   def _crop(self, name: str, weights_HTS: np.ndarray) -> np.ndarray:
     """Drops padding rows/columns: queries and keys of the first example only."""
+    if "images" in self.batch:  # every patch is a token: nothing to drop
+      return weights_HTS
     n_src = int(np.sum(np.asarray(self.batch["inputs"][0]) != 0)) if "inputs" in self.batch else 0
     n_tgt = int(np.sum(np.asarray(self.batch["targets"][0]) != 0))
     t = n_src if name.startswith("encoder") else n_tgt

@@ -29,6 +29,7 @@ from transformer import data, decoding, losses, step
 from transformer.config import TransformerConfig
 from transformer.model import Transformer
 from transformer.run import Run
+from transformer.vit import VisionConfig, VisionTransformer
 
 EXTRA_OUTPUT_TOKENS = 50  # §6.1: maximum output length = input length + 50
 
@@ -38,18 +39,24 @@ class InputTooLong(ValueError):
 
 
 @functools.lru_cache(maxsize=16)
-def _param_shapes(model_cfg: TransformerConfig) -> list[tuple[int, ...]]:
-  ids = jnp.ones((1, 8), jnp.int32)
-  abstract = jax.eval_shape(Transformer(model_cfg).init, jax.random.key(0),
-                            None if model_cfg.decoder_only else ids, ids)["params"]
+def _param_shapes(model_cfg: TransformerConfig, vision: VisionConfig | None = None
+                  ) -> list[tuple[int, ...]]:
+  if vision is not None:
+    image = jnp.zeros((1, *vision.image_shape), jnp.float32)
+    abstract = jax.eval_shape(VisionTransformer(model_cfg, vision).init, jax.random.key(0),
+                              image)["params"]
+  else:
+    ids = jnp.ones((1, 8), jnp.int32)
+    abstract = jax.eval_shape(Transformer(model_cfg).init, jax.random.key(0),
+                              None if model_cfg.decoder_only else ids, ids)["params"]
   return [x.shape for x in jax.tree.leaves(abstract)]
 
 
-def device_params(model: Transformer, params: Any) -> Any:
+def device_params(model: Transformer | VisionTransformer, params: Any) -> Any:
   """One copy of params from any layout: host, one device, replicated over a mesh, or
   pmap-stacked (a leading device axis, what train.py's state holds under pmap). The layout
   is told by comparing shapes with the model's, as shardings differ before and after a step."""
-  expected = _param_shapes(model.config)
+  expected = _param_shapes(model.config, getattr(model, "vision", None))
   leaves, treedef = jax.tree.flatten(params)
   if len(leaves) != len(expected):
     raise ValueError(f"params have {len(leaves)} arrays; the model has {len(expected)}")
@@ -240,3 +247,19 @@ def perplexity(run: Run, params: Any, pairs: Sequence[tuple[str, str]], *,
       total[k] = total.get(k, 0.0) + float(v)
   assert total.get("sequence_count", 0) == len(pairs), (total.get("sequence_count"), len(pairs))
   return losses.summarize(total)
+
+
+def classify_split(run: Run, params: Any, split: str, *, batch_size: int = 64,
+                   limit: int = 0) -> dict[str, float]:
+  """An image run's top-1 accuracy, loss and nll on a split (the first `limit` batches if
+  > 0): `data.eval_batches` through the one loss, `step.loss_sums` (one target per image)."""
+  params = device_params(run.model, params)
+  fn = jax.jit(functools.partial(step.loss_sums, run.model,
+                                 label_smoothing=float(run.settings.label_smoothing)))
+  total: dict[str, float] = {}
+  for batch in data.eval_batches(run.data, None, split, batch_size=batch_size)[:limit or None]:
+    for k, v in fn(params, batch).items():
+      total[k] = total.get(k, 0.0) + float(v)
+  out = losses.summarize(total)
+  return {"top1_accuracy": out["accuracy"], "loss": out["loss"], "nll": out["nll"],
+          "images": out["tokens"]}

@@ -156,12 +156,15 @@ def sinusoidal_encoding(positions: Array, d_model: int) -> Array:
 
 
 class PositionalEncoding(nn.Module):
-  """Adds sinusoidal (§3.5) or learned position encodings to [B, T, M] embeddings."""
+  """Adds sinusoidal (§3.5) or learned position encodings to [B, T, M] embeddings ('none':
+  none, the ablation that leaves attention permutation-invariant)."""
   config: TransformerConfig
 
   @nn.compact
   def __call__(self, x_BTM: Array, positions_BT: Array) -> Array:
     cfg = self.config
+    if cfg.positional_encoding == "none":
+      return x_BTM
     if cfg.positional_encoding == "sinusoidal":
       pe_BTM = sinusoidal_encoding(positions_BT, cfg.d_model)
     else:

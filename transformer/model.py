@@ -267,6 +267,12 @@ MODEL_INPUTS = ("inputs", "targets", "inputs_segment_ids", "targets_segment_ids"
 
 
 def model_inputs(batch) -> dict:
-  """The model's keyword arguments from a batch (other keys, such as `valid`, stay out)."""
+  """The model's keyword arguments from a batch (other keys, such as `valid`, stay out).
+
+  An image batch's one model input is `images` (`transformer.vit.VisionTransformer`); its
+  `targets` (the labels) are the loss's.
+  """
+  if "images" in batch:
+    return {"images": batch["images"]}
   return {"inputs": batch.get("inputs"),
           **{k: batch[k] for k in MODEL_INPUTS[1:] if k in batch}}

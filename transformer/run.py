@@ -32,6 +32,7 @@ from transformer import checkpoint, data, optim, settings
 from transformer import step as step_lib
 from transformer.data import vocabularies
 from transformer.model import Transformer
+from transformer.vit import VisionConfig, VisionTransformer
 
 AVERAGED = "averaged"  # WORKDIR/averaged/STEP: averaged params, beside (never in) checkpoints/
 VOCABULARY = "vocabulary"  # WORKDIR/vocabulary/: the run's copy of its vocabulary + record
@@ -51,12 +52,13 @@ class Run:
   optim: optim.OptimConfig
   backend: str
   config: dict[str, Any]       # the fully resolved config (run_config.json)
-  tokenizer: data.Tokenizer
-  model: Transformer
+  tokenizer: data.Tokenizer | None  # None for images
+  model: Transformer | VisionTransformer  # a ViT exactly for image data (`vision` set)
   # vocabulary.json: {tokenizer, file (None: fixed ids), sha256, data_files: {path: sha256}}
   vocabulary: dict[str, Any]
   # Compiled functions and prepared inputs, reused across calls (train, evaluation).
   cache: dict[str, Any] = dataclasses.field(default_factory=dict)
+  vision: VisionConfig | None = None  # its 0 fields filled in from the dataset
 
   @property
   def local_batch(self) -> int:
@@ -85,6 +87,8 @@ class Run:
   def direction(self) -> str:
     """The translation direction, e.g. 'en -> de' (synthetic tasks: the task's name)."""
     cfg = self.data
+    if cfg.images:
+      return f"{cfg.dataset} (image classification)"
     if cfg.builder_name == "synthetic_seq2seq":
       return f"{cfg.dataset} (inputs -> targets)"
     if cfg.decoder_only:
@@ -93,6 +97,9 @@ class Run:
 
   def check_translation(self) -> None:
     """RunError unless the run is an encoder-decoder model (translation, BLEU)."""
+    if self.data.images:
+      raise RunError(f"workdir {self.workdir!r} holds an image classifier ({self.data.dataset}); "
+                     "translation needs an encoder-decoder run")
     if self.data.decoder_only:
       raise RunError(f"workdir {self.workdir!r} holds a language model ({self.data.dataset}); "
                      "translation and BLEU need an encoder-decoder run")
@@ -210,6 +217,16 @@ def _copied_vocabulary(workdir: str, record: dict[str, Any], error: type[Excepti
 def _build(workdir: str, cfg: settings.Settings, data_cfg: data.DataConfig,
            optim_cfg: optim.OptimConfig, backend: str, resolved: dict[str, Any],
            record: dict[str, Any] | None, error: type[Exception]) -> Run:
+  if data_cfg.images:  # no vocabulary: the record says so, and the model is a ViT
+    vision = settings.vision_config(cfg, data_cfg)
+    model = VisionTransformer(settings.model_config(cfg, None), vision)
+    record = {"tokenizer": data_cfg.tokenizer_kind, "file": None, "sha256": None,
+              "data_files": {}}
+    run = Run(workdir=os.path.abspath(workdir), settings=cfg, data=data_cfg, optim=optim_cfg,
+              backend=backend, config=resolved, tokenizer=None, model=model,
+              vocabulary=record, vision=vision)
+    run.cache["vocabulary_bytes"] = None
+    return run
   if record is not None:
     vocabulary = _copied_vocabulary(workdir, record, error)
   else:

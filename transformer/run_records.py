@@ -116,6 +116,7 @@ class _LibraryNoise:
       "Using custom data configuration",  # TFDS: every project dataset is a custom config
       "Variant folder %s has no %s",  # TFDS: asked whether data not yet prepared is prepared
       "Given directory is read only",  # Orbax: checkpoints opened read-only, to evaluate
+      "OpenCV is not installed",  # TFDS: images decode with PIL, as they should here
   )
 
   def filter(self, record) -> bool:

@@ -15,15 +15,16 @@ from typing import Any
 import jax
 import ml_collections
 
-from transformer import parallel
+from transformer import parallel, vit
 from transformer.config import TransformerConfig
 from transformer.data import DataConfig, sources
 from transformer.optim import OptimConfig
+from transformer.vit import VisionConfig
 
 RUN_CONFIG = "run_config.json"  # the fully resolved config a workdir's run started with
 # The keys that shape the checkpoint and the numbers: a workdir resumes only when they agree.
 # The others (step count, logging, evaluation and checkpoint intervals) may change.
-IDENTITY_KEYS = ("model", "data", "optim", "batch_size", "seed", "label_smoothing",
+IDENTITY_KEYS = ("model", "vision", "data", "optim", "batch_size", "seed", "label_smoothing",
                  "process_count", "prng_impl")
 # Where prepared data is cached and how fast it is read: not what is computed.
 NOT_COMPARED = ("data.data_dir", "data.read_threads", "data.read_buffer",
@@ -56,6 +57,9 @@ class Settings:
   data: Any = None                   # DataConfig fields
   optim: Any = None                  # OptimConfig fields
   parallel: Any = None               # {'backend': 'pmap' or 'shard_map'}
+  # VisionConfig fields: set exactly for image datasets, whose model is a ViT on the
+  # encoder of `model` (`vision_defaults()`; experiments/configs/vit_digits.py).
+  vision: Any = None
 
 
 def _defaults(cls) -> dict[str, Any]:
@@ -92,6 +96,11 @@ def default_config() -> ml_collections.ConfigDict:
       "optim": _overridable(OptimConfig), "parallel": {"backend": DEFAULT_BACKEND}})
 
 
+def vision_defaults() -> ml_collections.ConfigDict:
+  """Every VisionConfig key at its default: an image experiment's `config.vision`."""
+  return ml_collections.ConfigDict(_defaults(VisionConfig))
+
+
 def _raw(config: Any) -> dict[str, Any]:
   return config.to_dict() if hasattr(config, "to_dict") else dict(config)
 
@@ -108,6 +117,9 @@ def resolve(config: Any) -> tuple[Settings, DataConfig, OptimConfig, str]:
     data_cfg = DataConfig.from_mapping(dict(settings.data or {}))
     optim_cfg = OptimConfig.from_mapping(dict(settings.optim or {}))
     model_cfg = model_config(settings, vocab_size=None)  # every model check but the vocabulary
+    if settings.vision is not None:
+      VisionConfig.from_mapping(dict(settings.vision))
+      vit.check_encoder(model_cfg)
   except (TypeError, ValueError) as e:
     raise ConfigError(str(e).splitlines()[0]) from None
   problems = []
@@ -116,7 +128,14 @@ def resolve(config: Any) -> tuple[Settings, DataConfig, OptimConfig, str]:
     value = getattr(settings, name)
     if not isinstance(value, int) or value <= 0:
       problems.append(f"{name}={value!r} must be a positive integer")
-  problems += _length_problems(model_cfg, data_cfg)
+  if data_cfg.images and settings.vision is None:
+    problems.append(f"data.dataset={data_cfg.dataset!r} holds images, so config.vision (the "
+                    "ViT's patches and pooling, settings.vision_defaults()) must be set")
+  if settings.vision is not None and not data_cfg.images:
+    problems.append(f"config.vision is set, but data.dataset={data_cfg.dataset!r} is not an "
+                    "image dataset (transformer.data.config.IMAGE_DATASETS)")
+  if not data_cfg.images:  # image rows are patches, not max_len tokens
+    problems += _length_problems(model_cfg, data_cfg)
   if not 0.0 <= settings.label_smoothing < 1.0:
     problems.append(f"label_smoothing={settings.label_smoothing!r} must be in [0, 1)")
   parallel_raw = dict(settings.parallel or {})
@@ -156,6 +175,30 @@ def check_devices(settings: Settings, backend: str) -> None:
     raise ConfigError(str(e)) from None
 
 
+def vision_config(settings: Settings, data_cfg: DataConfig) -> VisionConfig:
+  """The VisionConfig, its 0 fields (image_size, num_channels, num_classes) the dataset's;
+  ConfigError where the dataset's images or classes are not the configured ones."""
+  from transformer.data import images  # noqa: PLC0415  (TFDS builder info)
+  vision = VisionConfig.from_mapping(dict(settings.vision))
+  try:
+    (height, width, channels), classes = images.image_spec(data_cfg)
+  except (ValueError, OSError) as e:
+    raise ConfigError(f"data.dataset={data_cfg.dataset!r}: {str(e).splitlines()[0]}") from None
+  if height != width:
+    raise ConfigError(f"data.dataset={data_cfg.dataset!r} has {height} x {width} images; the ViT "
+                      "takes square ones")
+  data_values = {"image_size": height, "num_channels": channels, "num_classes": classes}
+  for key, value in data_values.items():
+    if getattr(vision, key) not in (0, value):
+      raise ConfigError(f"vision.{key}={getattr(vision, key)} but data.dataset="
+                        f"{data_cfg.dataset!r} has {value}; set vision.{key}=0 to take the "
+                        "dataset's")
+  try:
+    return vision.replace(**data_values)
+  except ValueError as e:  # e.g. the dataset's image size is not divisible by patch_size
+    raise ConfigError(f"{e} (data.dataset={data_cfg.dataset!r})") from None
+
+
 def model_config(settings: Settings, vocab_size: int | None) -> TransformerConfig:
   """The TransformerConfig; vocab_size None checks everything else with a placeholder."""
   values = dict(settings.model or {})
@@ -177,6 +220,10 @@ def resolved_config(settings: Settings, data_cfg: DataConfig, optim_cfg: OptimCo
   # resolve() validated the model section; vocab_size 0 means the tokenizer's.
   model = {**_defaults(TransformerConfig), **dict(settings.model or {})}
   top = {f.name: getattr(settings, f.name) for f in dataclasses.fields(Settings)}
+  if settings.vision is not None:  # image runs only: text runs' records stay as they were
+    top["vision"] = {**_defaults(VisionConfig), **dict(settings.vision)}
+  else:
+    top.pop("vision")
   top.update(model=model, data=dataclasses.asdict(data_cfg),
              optim=dataclasses.asdict(optim_cfg), parallel={"backend": backend},
              process_count=jax.process_count(),  # each process checkpoints its iterator

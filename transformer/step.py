@@ -1,6 +1,7 @@
 """The per-device training and evaluation steps: pure functions over one device's batch.
 
-Shape legend: B per-device batch, S source length, T target length.
+Shape legend: B per-device batch, S source length, T target length (1 for a classifier:
+the label of each image, `transformer.data.images`).
 
 They run under a named axis `AXIS` ('batch') and combine across devices with
 `lax.pmean` (gradients) and `lax.psum` (metric sums); `transformer.parallel` maps
@@ -23,6 +24,7 @@ from jax import Array, lax
 
 from transformer import losses
 from transformer.model import model_inputs
+from transformer.vit import VisionTransformer
 
 AXIS = "batch"
 Batch = Mapping[str, Array]
@@ -40,9 +42,12 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, key: Array, *
                source_length: int, target_length: int) -> TrainState:
   """Step 0: fresh parameters and optimizer state. Under `jax.eval_shape` it is the
   abstract state a checkpoint restores into (the shapes do not depend on the lengths)."""
-  targets = jnp.ones((1, target_length), jnp.int32)
-  inputs = None if model.config.decoder_only else jnp.ones((1, source_length), jnp.int32)
-  params = model.init(key, inputs, targets)["params"]
+  if isinstance(model, VisionTransformer):
+    params = model.init(key, jnp.zeros((1, *model.vision.image_shape), jnp.float32))["params"]
+  else:
+    targets = jnp.ones((1, target_length), jnp.int32)
+    inputs = None if model.config.decoder_only else jnp.ones((1, source_length), jnp.int32)
+    params = model.init(key, inputs, targets)["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
@@ -63,6 +68,8 @@ def loss_sums(model: nn.Module, params: Any, batch: Batch, label_smoothing: floa
   logits_BTV = model.apply(variables, **model_inputs(batch),
                            deterministic=dropout_key is None,
                            rngs=None if dropout_key is None else {"dropout": dropout_key})
+  if "images" in batch:  # a classifier's logits [B, K] score its one target a row, [B, 1]
+    logits_BTV = logits_BTV[:, None, :]
   return losses.batch_metric_sums(logits_BTV, targets_BT, weights_BT, segments_BT,
                                   label_smoothing)
 

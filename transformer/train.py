@@ -123,12 +123,14 @@ def _log_attention(run: Run, dp: parallel.DataParallel, params: Any, writer, ste
   Logged under split 'attention', at step 0 too (the initialisation, where §3.2.1's
   argument about the logit variance applies); the first probe example's maps are saved to
   WORKDIR/attention_probe.npz with its tokens ('tokens/source', 'tokens/target'; see
-  `attention_maps.probe_tokens`), overwritten at each evaluation; the sweep plots the last.
+  `attention_maps.probe_tokens`; an image run: its patches' labels and the image itself,
+  `attention_maps.probe_image`), overwritten at each evaluation; the sweep plots the last.
   """
   if "probe" not in run.cache:
     first = _eval_batches(run, run.data.eval_split)[0]
     run.cache["probe"] = diagnostics.Probe(run.model, first)
-    run.cache["probe_tokens"] = attention_maps.probe_tokens(run.tokenizer, first)
+    run.cache["probe_tokens"] = (attention_maps.probe_image(run.vision, first) if run.data.images
+                                 else attention_maps.probe_tokens(run.tokenizer, first))
   stats, maps = run.cache["probe"](dp.fetch(params))
   writer.write(step, "attention", stats)
   if jax.process_index() == 0:
@@ -230,7 +232,7 @@ def _train(run: Run, workdir: str, train_iter) -> dict[str, Any]:
                                               cfg.num_eval_batches))
           if cfg.attention_diagnostics:
             _log_attention(run, dp, state.params, writer, step)
-          if cfg.bleu_eval_examples > 0 and not model_cfg.decoder_only:
+          if cfg.bleu_eval_examples > 0 and not (model_cfg.decoder_only or run.data.images):
             from transformer import evaluation  # noqa: PLC0415  (sacreBLEU only when asked)
             writer.write(step, "eval_bleu", evaluation.bleu_on_split(
                 run, state.params, run.data.eval_split, limit=cfg.bleu_eval_examples))
@@ -243,7 +245,7 @@ def _train(run: Run, workdir: str, train_iter) -> dict[str, Any]:
     if step == start_step and restored:  # already finished: report, do not train or save
       logging.info("the run in %s already reached step %d", workdir, step)
     test = evaluate(run, dp, state.params, run.data.test_split)
-    if cfg.decode_at_end and not model_cfg.decoder_only:
+    if cfg.decode_at_end and not (model_cfg.decoder_only or run.data.images):
       decoded, examples = decode_split(run, state.params, run.data.test_split)
       test.update(decoded)
       for source, target, pred in examples:

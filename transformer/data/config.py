@@ -1,9 +1,10 @@
 """`DataConfig`: everything the input pipeline needs, validated once at the boundary.
 
 The dataset is a TFDS name: one of the project's builders (`synthetic_seq2seq/<task>`,
-`parallel_text`, `lm_text`) or a catalog translation set such as
-`wmt14_translate/de-en`. Builder options that do not apply to the chosen dataset are
-ignored, so one experiment config can switch datasets by changing one value.
+`parallel_text`, `lm_text`, `sklearn_digits`) or a catalog set such as
+`wmt14_translate/de-en` or, for image classification (`IMAGE_DATASETS`), `mnist`. Builder
+options that do not apply to the chosen dataset are ignored, so one experiment config can
+switch datasets by changing one value.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from typing import Any
 from transformer.config import dataclass_from_mapping
 
 SYNTHETIC_TASKS = ("copy", "reverse", "sort", "addition")
+# Image classification sets (features 'image' and 'label'; `transformer.data.images`): the
+# project's digits and TFDS catalog names. Another catalog set is one more name here.
+IMAGE_DATASETS = ("sklearn_digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
 TOKENIZERS = ("auto", "sentencepiece", "byte", "char", "identity")
 SPM_MODEL_TYPES = ("unigram", "bpe")
 # Where prepared data goes unless the config says otherwise: a user cache, never the
@@ -54,6 +58,8 @@ class DataConfig:
   max_target_length: int = 128
   max_eval_length: int | None = None  # None: eval rows as long as the longest example
   pack: bool = True                  # pack several training examples per row
+  image_crop_padding: int = 0        # images: random crop of the image padded this much a side
+  image_flip: bool = False           # images: random horizontal flip (not for digits)
   shuffle: bool = True               # a fresh seeded permutation each epoch (no buffer needed)
   read_threads: int = 2              # Grain threads reading + tokenizing training examples
   read_buffer: int = 64              # examples read ahead
@@ -74,6 +80,13 @@ class DataConfig:
       problems.append(f"dataset={self.dataset!r} needs `path`")
     if self.source_lang == self.target_lang and not self.decoder_only:
       problems.append(f"source_lang and target_lang are both {self.source_lang!r}")
+    if self.images and self.tokenizer != "auto":
+      problems.append(f"dataset={self.dataset!r} holds images: it takes no tokenizer, got "
+                      f"tokenizer={self.tokenizer!r}")
+    if not isinstance(self.image_crop_padding, int) or self.image_crop_padding < 0:
+      problems.append(f"image_crop_padding={self.image_crop_padding!r} must be an integer >= 0")
+    if not isinstance(self.image_flip, bool):
+      problems.append(f"image_flip={self.image_flip!r} must be True or False")
     if self.tokenizer not in TOKENIZERS:
       problems.append(f"tokenizer={self.tokenizer!r} must be one of {TOKENIZERS}")
     if self.spm_model_type not in SPM_MODEL_TYPES:
@@ -127,7 +140,15 @@ class DataConfig:
     return self.builder_name == "lm_text"
 
   @property
+  def images(self) -> bool:
+    """Image classification: batches of images and labels (`transformer.data.images`)."""
+    return self.builder_name in IMAGE_DATASETS
+
+  @property
   def tokenizer_kind(self) -> str:
+    """The tokenizer of text data ('none' for images)."""
+    if self.images:
+      return "none"
     if self.tokenizer != "auto":
       return self.tokenizer
     if self.builder_name == "synthetic_seq2seq":

@@ -24,7 +24,7 @@ import grain
 import numpy as np
 from absl import logging
 
-from transformer.data import sources
+from transformer.data import images, sources
 from transformer.data.config import DataConfig
 from transformer.data.tokenizers import EOS_ID, Tokenizer
 
@@ -107,7 +107,7 @@ def _lengths(cfg: DataConfig) -> dict[str, int]:
   return lengths
 
 
-def train_iterator(cfg: DataConfig, tokenizer: Tokenizer, *, batch_size: int, seed: int,
+def train_iterator(cfg: DataConfig, tokenizer: Tokenizer | None, *, batch_size: int, seed: int,
                    process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
   """Endless training batches for this process; `get_state`/`set_state` resume exactly.
 
@@ -115,6 +115,9 @@ def train_iterator(cfg: DataConfig, tokenizer: Tokenizer, *, batch_size: int, se
   reshuffles them every epoch from `seed`; batch_size is the per-process row count.
   """
   _check_process(batch_size, process_index, process_count)
+  if cfg.images:  # no tokenizer: images and labels (`transformer.data.images`)
+    return images.train_iterator(cfg, batch_size=batch_size, seed=seed,
+                                 process_index=process_index, process_count=process_count)
   source = sources.data_source(cfg, cfg.train_split)
   ds = grain.MapDataset.source(source)[process_index::process_count]
   if len(ds) == 0:
@@ -174,7 +177,7 @@ def _eval_rows(cfg: DataConfig, tokenizer: Tokenizer, split: str
   return rows, {k: min(n, limit) for k, n in longest.items()}
 
 
-def eval_batches(cfg: DataConfig, tokenizer: Tokenizer, split: str, *, batch_size: int,
+def eval_batches(cfg: DataConfig, tokenizer: Tokenizer | None, split: str, *, batch_size: int,
                  process_index: int = 0, process_count: int = 1) -> list[dict[str, np.ndarray]]:
   """Padded batches covering each of this process's rows exactly once.
 
@@ -183,6 +186,9 @@ def eval_batches(cfg: DataConfig, tokenizer: Tokenizer, split: str, *, batch_siz
   `raw_examples(cfg, split)` (for language models, its document), for gathering outputs.
   """
   _check_process(batch_size, process_index, process_count)
+  if cfg.images:
+    return images.eval_batches(cfg, split, batch_size=batch_size, process_index=process_index,
+                               process_count=process_count)
   rows, lengths = _eval_rows(cfg, tokenizer, split)
   mine = rows[process_index::process_count]
   num_batches = math.ceil(math.ceil(len(rows) / process_count) / batch_size)

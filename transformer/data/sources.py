@@ -29,8 +29,12 @@ _CATALOG_MODULES = {
     "wmt17_translate": "tensorflow_datasets.translate.wmt17",
     "wmt18_translate": "tensorflow_datasets.translate.wmt18",
     "wmt19_translate": "tensorflow_datasets.translate.wmt19",
+    "mnist": "tensorflow_datasets.image_classification.mnist",
+    "fashion_mnist": "tensorflow_datasets.image_classification.mnist",
+    "cifar10": "tensorflow_datasets.image_classification.cifar",
+    "cifar100": "tensorflow_datasets.image_classification.cifar",
 }
-OWN_BUILDERS = ("synthetic_seq2seq", "parallel_text", "lm_text")
+OWN_BUILDERS = ("synthetic_seq2seq", "parallel_text", "lm_text", "sklearn_digits")
 
 
 def _builder_kwargs(cfg: DataConfig) -> tuple[str, dict[str, Any]]:
@@ -42,6 +46,8 @@ def _builder_kwargs(cfg: DataConfig) -> tuple[str, dict[str, Any]]:
         cfg.synthetic_task, vocab_size=cfg.resolved_vocab_size, min_length=cfg.synthetic_min_length,
         max_length=cfg.synthetic_max_length, train_examples=cfg.synthetic_train_examples,
         eval_examples=cfg.synthetic_eval_examples, seed=cfg.synthetic_seed)
+  elif name == "sklearn_digits":
+    pass  # one fixed dataset, no options
   elif name in ("parallel_text", "lm_text"):
     check_path(cfg)
     try:  # a missing split file: FileNotFoundError naming it, made a config error here
@@ -103,6 +109,7 @@ def _register_own_builders() -> None:
   importlib.import_module("transformer.data.synthetic")
   importlib.import_module("transformer.data.parallel_text")
   importlib.import_module("transformer.data.lm_text")
+  importlib.import_module("transformer.data.images")
 
 
 def builder(cfg: DataConfig) -> tfds.core.DatasetBuilder:
