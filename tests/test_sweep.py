@@ -371,7 +371,7 @@ def test_step_0_statistics_against_d_k_and_the_fitted_theory(tmp_path):
         records.append(_run_with_init(tmp_path, d_k, kind, scale, seed, std))
   keys = ["model.head_dim", "model.attention_kind+model.attention_scale"]
   lines = sweep_plots.init_statistics(records, keys)
-  assert [l["label"] for l in lines] == [f"attention_kind+attention_scale={k}/{s}" for k, s in (
+  assert [l["label"] for l in lines] == [f"{k}/{s}" for k, s in (
       ("dot_product", "none"), ("dot_product", "inv_sqrt_dk"), ("dot_product", "inv_dk"),
       ("dot_product", "qk_norm"), ("additive", "inv_sqrt_dk"))]
   assert [l["exponent"] for l in lines] == [0.5, 0.0, -0.5, None, None]

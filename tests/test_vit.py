@@ -1,6 +1,7 @@
 """The Vision Transformer on the project's encoder stack: patches, positions, presets, data,
 training through the one loop, and bad input."""
 
+import hashlib
 import json
 import os
 
@@ -163,7 +164,6 @@ def test_digits_builder_fixed_split_and_the_image_pipeline(data_dir):
   digits = load_digits()
   i = int(first["index"][0])
   src = tfds.data_source("sklearn_digits", split="test", data_dir=data_dir)
-  assert len(tfds.data_source("sklearn_digits", split="train", data_dir=data_dir)) == 1437
   match = np.flatnonzero((np.round(digits.images * 255 / 16) == src[i]["image"][..., 0])
                          .all(axis=(1, 2)) & (digits.target == src[i]["label"]))
   assert match.size >= 1 and first["targets"][0, 0] == src[i]["label"]
@@ -174,6 +174,38 @@ def test_digits_builder_fixed_split_and_the_image_pipeline(data_dir):
   it.set_state(state)
   np.testing.assert_array_equal(next(it)["images"], b["images"])  # resumes exactly
   assert a["images"].shape == (8, 8, 8, 1) and a["targets"].shape == (8, 1)
+
+
+# sha256 over the test split's (image bytes, label) in order, written by sklearn_digits 1.0.0
+# (train 1,437 / test 360): 2.0.0 carved validation out of train and left test as it was.
+DIGITS_TEST_SHA256 = "d26ec4558c82cab0c5182f24ebbf58974b126bb09aee5b6225e37338e2e11d8c"
+
+
+def test_digits_splits_are_fixed_disjoint_and_test_is_unchanged_from_1_0_0(data_dir):
+  from sklearn.datasets import load_digits  # noqa: PLC0415
+  digits = load_digits()
+  def content(image_HW):
+    return hashlib.sha256(np.asarray(image_HW, np.uint8).tobytes()).hexdigest()
+
+  every = {content(np.round(x * 255 / 16)) for x in digits.images}
+  assert len(every) == 1797  # no two scikit-learn images alike: a content hash names one
+  splits = {}
+  for split, size in (("train", 1257), ("validation", 180), ("test", 360)):
+    src = tfds.data_source("sklearn_digits", split=split, data_dir=data_dir)
+    assert len(src) == size, split
+    examples = [src[i] for i in range(len(src))]
+    splits[split] = {content(e["image"][..., 0]) for e in examples}
+    assert len(splits[split]) == size, split
+    if split == "test":
+      h = hashlib.sha256()
+      for e in examples:
+        h.update(np.asarray(e["image"]).tobytes())
+        h.update(bytes([int(e["label"])]))
+      assert h.hexdigest() == DIGITS_TEST_SHA256
+  assert not splits["train"] & splits["validation"]
+  assert not (splits["train"] | splits["validation"]) & splits["test"]
+  assert splits["train"] | splits["validation"] | splits["test"] == every
+  assert tfds.builder("sklearn_digits", data_dir=data_dir).version == "2.0.0"
 
 
 @pytest.mark.parametrize("name,shape", [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])

@@ -164,13 +164,20 @@ def _metric_against(plt, rows: list[dict[str, Any]], keys: list[str], key: str, 
   ax.set(xlabel=key, ylabel=f"final {metric} (mean ± std over seeds)",
          title=f"Final {metric} against {key}")
   if others:
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, title=_legend_title(others), title_fontsize=8)
   return _save(fig, os.path.dirname(path), os.path.basename(path))
 
 
 def _label(keys: list[str], combo: tuple) -> str | None:
+  """A legend entry: the values alone for one axis (the legend's title names it)."""
+  if len(keys) == 1:
+    return value_text(combo[0])
   short = labels(keys)
   return ", ".join(f"{short[k]}={value_text(v)}" for k, v in zip(keys, combo)) or None
+
+
+def _legend_title(keys: list[str]) -> str | None:
+  return labels(keys)[keys[0]] if len(keys) == 1 else None
 
 
 # Unscaled, q . k over d_k terms of unit-variance products has std ~ sqrt(d_k) (§3.2.1,
@@ -242,17 +249,22 @@ def _at_init(plt, records: list[dict[str, Any]], keys: list[str], workdir: str) 
   for ax, (_, title, yscale) in zip(axes, INIT_STATS):
     ax.set(xlabel="d_k (model.head_dim)", title=f"{title} at step 0", yscale=yscale)
     ax.set_xscale("log", base=2)
-  axes[0].legend(fontsize=7)
-  return _save(fig, workdir, "attention_at_init.png")
+  others = [k for k in keys if k != "model.head_dim"]
+  handles, names = axes[0].get_legend_handles_labels()
+  fig.legend(handles, names, loc="lower center", ncol=min(len(names), 6), fontsize=8,
+             title=_legend_title(others) if others else None, title_fontsize=8)
+  fig.tight_layout(rect=(0, 0.1 + 0.04 * (len(names) > 6), 1, 1))
+  return _save(fig, workdir, "attention_at_init.png", layout=False)
 
 
 def _attention_maps(records: list[dict[str, Any]], workdir: str) -> str | None:
   return attention_maps.plot_probe_maps(records, workdir)  # one row per name: per point
 
 
-def _save(fig, workdir: str, name: str) -> str:
+def _save(fig, workdir: str, name: str, layout: bool = True) -> str:
   path = os.path.join(workdir, name)
-  fig.tight_layout()
+  if layout:
+    fig.tight_layout()
   fig.savefig(path, dpi=DPI)
   import matplotlib.pyplot as plt  # noqa: PLC0415
   plt.close(fig)

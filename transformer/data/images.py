@@ -1,7 +1,7 @@
 """Image classification data: the `sklearn_digits` TFDS builder and the Grain pipeline.
 
 Datasets: `sklearn_digits` (the 1,797 8 x 8 handwritten digits that ship inside
-scikit-learn, no download; a fixed seeded train/test split) or a TFDS catalog set with
+scikit-learn, no download; fixed seeded train/validation/test splits) or a TFDS catalog set with
 `image` and `label` features (`mnist`, `cifar10`, ... by name: they download). Images
 are stored as PNG (encoded with PIL) and decoded by TFDS with numpy/PIL: no TensorFlow.
 
@@ -31,6 +31,7 @@ from transformer.data.config import DataConfig
 from transformer.data.synthetic import ArrayRecordBuilder
 
 DIGITS_TEST_EXAMPLES = 360  # of 1,797: the classic 80/20 split
+DIGITS_VALIDATION_EXAMPLES = 180  # of the other 1,437, for choosing settings; train: 1,257
 DIGITS_SPLIT_SEED = 0
 
 
@@ -44,8 +45,13 @@ def _png(image_HWC: np.ndarray) -> bytes:
 
 class SklearnDigits(ArrayRecordBuilder):
   """scikit-learn's 8 x 8 handwritten digits (UCI optdigits test set), grey levels 0-16
-  scaled to 0-255; test: a fixed seeded choice of 360 images, train: the other 1,437."""
-  VERSION = tfds.core.Version("1.0.0")
+  scaled to 0-255; one seeded permutation fixes the splits: test its first 360 images,
+  validation the next 180, train the other 1,257."""
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {
+      "1.0.0": "train 1,437 and test 360 images.",
+      "2.0.0": "A validation split of 180 images carved from 1.0.0's train; test unchanged.",
+  }
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -61,10 +67,11 @@ class SklearnDigits(ArrayRecordBuilder):
     digits = load_digits()
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
     order = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(len(images))
-    test = np.sort(order[:DIGITS_TEST_EXAMPLES])
-    train = np.sort(order[DIGITS_TEST_EXAMPLES:])
-    return {"train": self._generate_examples(images, digits.target, train),
-            "test": self._generate_examples(images, digits.target, test)}
+    # Test first, as in 1.0.0 (the same 360 images); validation from 1.0.0's train part.
+    test, validation, train = np.split(
+        order, [DIGITS_TEST_EXAMPLES, DIGITS_TEST_EXAMPLES + DIGITS_VALIDATION_EXAMPLES])
+    return {name: self._generate_examples(images, digits.target, np.sort(indices))
+            for name, indices in (("train", train), ("validation", validation), ("test", test))}
 
   def _generate_examples(self, images, labels, indices):
     for i in indices:  # the key is the image's index in scikit-learn's array
