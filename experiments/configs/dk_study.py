@@ -23,7 +23,10 @@ dot_product/inv_dk,dot_product/qk_norm,additive/inv_sqrt_dk
   python -m experiments.sweep --config=experiments/configs/dk_study.py:multi30k \
       --config.data.path=../shared/data/multi30k --grid=model.head_dim=32,128,512,2048 \
       --grid=model.attention_kind+model.attention_scale=dot_product/inv_sqrt_dk,\
-dot_product/none,additive/inv_sqrt_dk --seeds=0 --workdir=workdirs/dk_multi30k --metric=eval_bleu
+dot_product/none,additive/inv_sqrt_dk --seeds=0,1 --workdir=workdirs/dk_multi30k \
+      --metric=eval_bleu --score_split=test
+  # (a first pass with --seeds=0 and without --score_split, then the second seed; the test
+  # split, test_2016_flickr, is decoded once per run at the very end: --score_split=test)
 
 Variants:
   mechanism  reversing digit strings (synthetic_seq2seq/reverse): every output token must
