@@ -121,12 +121,7 @@ def plot_patch_maps(rows: Sequence[PatchRow], path: str, title: str = ""):
       ax.set_title(f"{row.layer}, head {h}", fontsize=7)
     axes_row[0].set_xticks([])
     axes_row[0].set_yticks([])
-  fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight ([CLS] query)")
-  if title:
-    fig.suptitle(title, fontsize=9)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return fig
+  return _finish(plt, fig, axes, image, "attention weight ([CLS] query)", title, path)
 
 
 def _layer_order(name: str) -> tuple[str, int, str]:
@@ -192,7 +187,12 @@ def plot_maps(rows: Sequence[Row], path: str, title: str = ""):
         name = "\n".join(textwrap.wrap(row.name.replace(",", ", "), 28)) + "\n" if row.name else ""
         ax.set_ylabel(name + y_name, fontsize=7)
       ax.set_title(f"{row.layer}, head {h}", fontsize=7)
-  fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
+  return _finish(plt, fig, axes, image, "attention weight", title, path)
+
+
+def _finish(plt, fig, axes, image, label: str, title: str | None, path: str):
+  """One colour bar for all panels, the title, the file; returns the (closed) figure."""
+  fig.colorbar(image, ax=axes, shrink=0.6, label=label)
   if title:
     fig.suptitle(title, fontsize=9)
   fig.savefig(path, dpi=100)
