@@ -1,4 +1,4 @@
-"""What experiments/{translate,evaluate,average_checkpoints}.py do, callable from tests.
+"""What experiments/{translate,evaluate,sample,average_checkpoints}.py do, callable from tests.
 
 Each command checks its input first (workdir, checkpoint, files, line lengths) and
 raises a one-line ValueError / OSError naming the problem before anything is compiled;
@@ -139,7 +139,7 @@ def evaluate(workdir: str, *, split: str | None = None, source: str | None = Non
              output: str | None = None, perplexity: bool = True,
              stdout: IO[str] | None = None) -> dict[str, Any]:
   """Prints BLEU and chrF (with signatures), direction, line count and perplexity; for an
-  image classifier, the top-1 accuracy of a split (`evaluate_images`)."""
+  image classifier or a language model, the metrics of a split (`evaluate_split`)."""
   _check_decoding(beam_size, alpha, batch_size)
   _check_workdir(workdir)
   if limit < 0:
@@ -148,12 +148,12 @@ def evaluate(workdir: str, *, split: str | None = None, source: str | None = Non
                     for p in (source, reference) if p):
     raise UsageError(f"--output={output!r} would overwrite an input file")
   run = run_lib.load(workdir)
-  if run.data.images:
+  if run.data.images or run.data.decoder_only:
     if not split or source or reference:
-      raise UsageError("an image classifier is evaluated on a --split of its dataset "
-                       "(no --source / --reference)")
-    return evaluate_images(run, split, checkpoint=checkpoint, batch_size=batch_size,
-                           limit=limit, stdout=stdout)
+      raise UsageError(f"{'an image classifier' if run.data.images else 'a language model'} is "
+                       "evaluated on a --split of its dataset (no --source / --reference)")
+    return evaluate_split(run, split, checkpoint=checkpoint, batch_size=batch_size,
+                          limit=limit, stdout=stdout)
   run.check_translation()
   run_lib.check_checkpoint(run, checkpoint)
   pairs, what = _pairs(run, split, source, reference, limit)
@@ -186,26 +186,71 @@ def evaluate(workdir: str, *, split: str | None = None, source: str | None = Non
   return {**result, "hypotheses": hypotheses}
 
 
-def evaluate_images(run: run_lib.Run, split: str, *, checkpoint: str = "latest",
-                    batch_size: int = 32, limit: int = 0, stdout: IO[str] | None = None
-                    ) -> dict[str, Any]:
-  """Prints the top-1 accuracy, loss and nll of an image run on a split (`limit`: the first
-  that many batches)."""
+def evaluate_split(run: run_lib.Run, split: str, *, checkpoint: str = "latest",
+                   batch_size: int = 32, limit: int = 0, stdout: IO[str] | None = None
+                   ) -> dict[str, Any]:
+  """Prints the teacher-forced metrics of a split (`limit`: the first that many batches): an
+  image run's top-1 accuracy, a language model's nats and bits per character (or token)."""
   run_lib.check_checkpoint(run, checkpoint)
   params, described = run_lib.restore_params(run, checkpoint)
   try:
-    scores = evaluation.classify_split(run, params, split, batch_size=batch_size, limit=limit)
+    scores = evaluation.split_metrics(run, params, split, batch_size=batch_size, limit=limit)
   except ValueError as e:  # e.g. a split the dataset does not have
     raise UsageError(str(e).splitlines()[0]) from None
-  lines = [f"run: {run.workdir} ({described})",
-           f"data: split {split!r} of {run.data.dataset}, {int(scores['images'])} images",
-           f"top-1 accuracy: {scores['top1_accuracy']:.4f}",
-           f"loss: {scores['loss']:.4f} (label smoothing {run.settings.label_smoothing}), "
-           f"nll: {scores['nll']:.4f}"]
+  lines = [f"run: {run.workdir} ({described})"]
+  if run.data.images:
+    result = {"top1_accuracy": scores["accuracy"], "loss": scores["loss"], "nll": scores["nll"],
+              "images": scores["tokens"]}
+    lines += [f"data: split {split!r} of {run.data.dataset}, {int(scores['tokens'])} images",
+              f"top-1 accuracy: {scores['accuracy']:.4f}",
+              f"loss: {scores['loss']:.4f} (label smoothing {run.settings.label_smoothing}), "
+              f"nll: {scores['nll']:.4f}"]
+  else:
+    unit = run.text_unit or "token"
+    result = {k: scores[k] for k in ("loss", "nll", "perplexity", "accuracy", "tokens")}
+    result[f"bits_per_{unit}"] = scores["nll"] / math.log(2)
+    lines += [f"data: split {split!r} of {run.data.dataset}, {int(scores['tokens'])} tokens "
+              f"({'one per ' + unit + ', and one per document end' if run.text_unit else 'with document ends'})",
+              f"nll: {scores['nll']:.4f} nats per {unit}, {result[f'bits_per_{unit}']:.4f} bits per "
+              f"{unit} (perplexity {scores['perplexity']:.3f}, next-{unit} accuracy "
+              f"{scores['accuracy']:.4f})"]
   out = stdout or sys.stdout
   out.write("\n".join(lines) + "\n")
   out.flush()
-  return {**scores, "checkpoint": described, "direction": run.direction}
+  return {**result, "checkpoint": described, "direction": run.direction}
+
+
+def sample(workdir: str, *, prompt: str = "", length: int = 500, temperature: float = 1.0,
+           top_k: int = 0, seed: int = 0, checkpoint: str = "latest",
+           stdout: IO[str] | None = None) -> str:
+  """Prints the prompt and `length` sampled tokens of continuation (a language-model run's
+  checkpoint, `evaluation.sample_ids`); returns the continuation's text."""
+  if not math.isfinite(temperature) or temperature <= 0:
+    raise UsageError(f"--temperature={temperature} must be a finite number > 0 (lower is "
+                     "more conservative; 1 samples the model's distribution)")
+  if top_k < 0:
+    raise UsageError(f"--top_k={top_k} must be >= 0 (0: sample from every token)")
+  if length < 1:
+    raise UsageError(f"--length={length} must be >= 1")
+  _check_workdir(workdir)
+  run = run_lib.load(workdir)
+  run.check_language_model()
+  run_lib.check_checkpoint(run, checkpoint)
+  ids = list(run.tokenizer.encode(prompt))
+  unknown = sorted({c for c in prompt if run.tokenizer.unk_id in run.tokenizer.encode(c)})
+  if unknown:
+    raise UsageError(f"--prompt has characters outside the run's vocabulary: "
+                     f"{' '.join(map(repr, unknown))}")
+  params, described = run_lib.restore_params(run, checkpoint)
+  logging.info("sampling %d tokens after a %d-token prompt from the %s params of %s", length,
+               len(ids), described, workdir)
+  new = evaluation.sample_ids(run, params, ids, length=length, temperature=temperature,
+                              top_k=top_k, seed=seed)
+  text = run.tokenizer.decode(new)
+  out = stdout or sys.stdout
+  out.write(prompt + text + "\n")
+  out.flush()
+  return text
 
 
 def average(workdir: str, last: int, *, overwrite: bool = False,

@@ -1,4 +1,4 @@
-"""BLEU and chrF through sacreBLEU, whole-split translation, and perplexity.
+"""BLEU and chrF through sacreBLEU, whole-split translation, perplexity, and sampling.
 
 Scores are sacreBLEU's, computed on detokenized hypotheses (the tokenizer's `decode`)
 against the dataset's raw reference text (`data.raw_examples`), never against references
@@ -249,17 +249,61 @@ def perplexity(run: Run, params: Any, pairs: Sequence[tuple[str, str]], *,
   return losses.summarize(total)
 
 
-def classify_split(run: Run, params: Any, split: str, *, batch_size: int = 64,
-                   limit: int = 0) -> dict[str, float]:
-  """An image run's top-1 accuracy, loss and nll on a split (the first `limit` batches if
-  > 0): `data.eval_batches` through the one loss, `step.loss_sums` (one target per image)."""
+def split_metrics(run: Run, params: Any, split: str, *, batch_size: int = 64,
+                  limit: int = 0) -> dict[str, float]:
+  """Teacher-forced metrics of a whole split (the first `limit` batches if > 0) through the
+  one loss, `step.loss_sums`: a language model's nll per token (and bits per character,
+  `Run.text_unit`), an image classifier's top-1 accuracy (one target per image)."""
   params = device_params(run.model, params)
   fn = jax.jit(functools.partial(step.loss_sums, run.model,
                                  label_smoothing=float(run.settings.label_smoothing)))
   total: dict[str, float] = {}
-  for batch in data.eval_batches(run.data, None, split, batch_size=batch_size)[:limit or None]:
+  for batch in data.eval_batches(run.data, run.tokenizer, split,
+                                 batch_size=batch_size)[:limit or None]:
     for k, v in fn(params, batch).items():
       total[k] = total.get(k, 0.0) + float(v)
-  out = losses.summarize(total)
-  return {"top1_accuracy": out["accuracy"], "loss": out["loss"], "nll": out["nll"],
-          "images": out["tokens"]}
+  return losses.summarize(total, run.text_unit)
+
+
+# Sampling (language models).
+
+@functools.lru_cache(maxsize=16)
+def _sampler(model_cfg: TransformerConfig, window: int, temperature: float, top_k: int):
+  model = Transformer(model_cfg)
+  return jax.jit(lambda p, prompt_1P, key: decoding.sample_decode(
+      model, p, key, batch_size=1, max_length=window, prompt_BP=prompt_1P,
+      temperature=temperature, top_k=top_k)[0])
+
+
+def sample_ids(run: Run, params: Any, prompt: Sequence[int], *, length: int,
+               temperature: float = 1.0, top_k: int = 0, seed: int = 0) -> list[int]:
+  """`length` tokens continuing `prompt`, sampled through the cached decoder.
+
+  The model saw windows of data.max_target_length tokens in training, so it samples in
+  windows of that length: each window starts from (BOS and) the last half-window of text,
+  forced, and samples the rest; one compiled decoder serves every window. A sampled
+  special id (a document end; padding, BOS or unknown, which training never rewards) ends
+  a window early; the next continues the text. The same seed gives the
+  same tokens (window i draws from fold_in(key(seed), i)).
+  """
+  cfg = run.model.config
+  window = run.data.max_target_length
+  keep = window // 2
+  sampler = _sampler(cfg, window, float(temperature), min(int(top_k), cfg.output_vocab_size))
+  params = device_params(run.model, params)
+  specials = [cfg.pad_id, cfg.bos_id, cfg.eos_id, run.tokenizer.unk_id]
+  key = jax.random.key(seed)
+  text, index, empty = list(prompt), 0, 0
+  while len(text) - len(prompt) < length:
+    context = text[-keep:] if keep else []
+    prompt_1P = np.zeros((1, keep), np.int32)
+    prompt_1P[0, :len(context)] = context
+    out = np.asarray(sampler(params, jnp.asarray(prompt_1P), jax.random.fold_in(key, index)))
+    new = out[len(context):]
+    ends = np.flatnonzero(np.isin(new, specials))
+    new = new[:ends[0]] if len(ends) else new
+    text, index = text + new.tolist(), index + 1
+    empty = 0 if len(new) else empty + 1
+    if empty == 100:
+      raise RuntimeError("the model sampled a special id first in 100 windows in a row")
+  return text[len(prompt):len(prompt) + length]

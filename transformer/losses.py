@@ -10,6 +10,7 @@ float32 whatever the activation dtype: the model already returns float32 logits.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import jax
@@ -90,9 +91,12 @@ def batch_metric_sums(logits_BTV: Array, targets_BT: Array, weights_BT: Array,
   }
 
 
-def summarize(sums: Mapping[str, float | np.ndarray]) -> dict[str, float]:
+def summarize(sums: Mapping[str, float | np.ndarray], unit: str | None = None
+              ) -> dict[str, float]:
   """Ratios of accumulated sums: loss, accuracy, perplexity, exact_match (+ passthrough).
 
+  With `unit` ('char', 'byte': text whose tokens are its characters or bytes), also
+  `bits_per_{unit}`, the unsmoothed nll in bits (a document-end token counts as one unit).
   Keys that are not sums (e.g. learning_rate, grad_norm, already averaged) pass through.
   """
   sums = {k: float(v) for k, v in sums.items()}
@@ -106,6 +110,8 @@ def summarize(sums: Mapping[str, float | np.ndarray]) -> dict[str, float]:
     out["accuracy"] = sums["correct_sum"] / tokens
     out["exact_match"] = sums["exact_sum"] / max(sums["sequence_count"], 1e-9)
     out["tokens"] = sums["token_count"]
+    if unit:
+      out[f"bits_per_{unit}"] = out["nll"] / math.log(2)
   sum_keys = {"loss_sum", "nll_sum", "correct_sum", "token_count", "exact_sum", "sequence_count"}
   out.update({k: v for k, v in sums.items() if k not in sum_keys})
   return out

@@ -105,6 +105,18 @@ class Run:
                      "translation and BLEU need an encoder-decoder run")
 
 
+  def check_language_model(self) -> None:
+    """RunError unless the run is a decoder-only language model (sampling)."""
+    if not self.data.decoder_only:
+      raise RunError(f"workdir {self.workdir!r} holds a {self.direction} model, not a language "
+                     "model; sampling a prompt's continuation needs a decoder-only run")
+
+  @property
+  def text_unit(self) -> str | None:
+    """'char' or 'byte' where one token is one character or byte of text (bits per unit)."""
+    return {"char": "char", "byte": "byte"}.get(self.data.tokenizer_kind)
+
+
 def create(config: Any, workdir: str) -> Run:
   """The run `config` describes in `workdir`, for training; raises settings.ConfigError
   (one line, nothing written) for a bad config, data or workdir.

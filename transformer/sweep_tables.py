@@ -24,7 +24,8 @@ FINAL_METRICS = (("train_loss", "train", "loss"), ("eval_loss", "eval", "loss"),
                  ("eval_accuracy", "eval", "accuracy"), ("test_loss", "test", "loss"),
                  ("test_accuracy", "test", "accuracy"),
                  ("test_exact_match", "test", "greedy_exact_match"),
-                 ("eval_perplexity", "eval", "perplexity"), ("eval_bleu", "eval_bleu", "bleu"))
+                 ("eval_perplexity", "eval", "perplexity"),
+                 ("eval_bits_per_char", "eval", "bits_per_char"), ("eval_bleu", "eval_bleu", "bleu"))
 # Of `sweep.score_runs` (a split decoded once after training), where the records carry it.
 SCORES = (("score_bleu", "bleu"), ("score_chrf", "chrf"))
 METRICS = tuple(c for c, _, _ in FINAL_METRICS) + tuple(c for c, _ in SCORES) + (

@@ -93,7 +93,7 @@ def evaluate(run: Run, dp: parallel.DataParallel, params: Any, split: str,
     sums = dp.fetch(run.cache["eval_step"](params, dp.put_batch(batch)))
     for k, v in sums.items():
       total[k] = total.get(k, 0.0) + float(v)
-  return losses.summarize(total)
+  return losses.summarize(total, run.text_unit)
 
 
 def decode_split(run: Run, params: Any, split: str) -> tuple[dict[str, float], list]:

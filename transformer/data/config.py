@@ -20,6 +20,9 @@ SYNTHETIC_TASKS = ("copy", "reverse", "sort", "addition")
 # Image classification sets (features 'image' and 'label'; `transformer.data.images`): the
 # project's digits and TFDS catalog names. Another catalog set is one more name here.
 IMAGE_DATASETS = ("sklearn_digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
+# Language-model corpora: `lm_text` over data.path, or a text of the TFDS catalog by name
+# (downloaded by `sources.text_file`, then read by lm_text the same way).
+LM_DATASETS = ("lm_text", "tiny_shakespeare")
 TOKENIZERS = ("auto", "sentencepiece", "byte", "char", "identity")
 SPM_MODEL_TYPES = ("unigram", "bpe")
 # Where prepared data goes unless the config says otherwise: a user cache, never the
@@ -78,6 +81,9 @@ class DataConfig:
       problems.append(f"dataset={self.dataset!r}: synthetic task must be one of {SYNTHETIC_TASKS}")
     if self.builder_name in ("parallel_text", "lm_text") and not self.path:
       problems.append(f"dataset={self.dataset!r} needs `path`")
+    if self.decoder_only and self.builder_name != "lm_text" and self.path:
+      problems.append(f"dataset={self.dataset!r} downloads its text and takes no `path` (got "
+                      f"{self.path!r}); for a local copy use dataset='lm_text' with the path")
     if self.source_lang == self.target_lang and not self.decoder_only:
       problems.append(f"source_lang and target_lang are both {self.source_lang!r}")
     if self.images and self.tokenizer != "auto":
@@ -137,7 +143,7 @@ class DataConfig:
   @property
   def decoder_only(self) -> bool:
     """Language modelling: batches carry only the `targets*` keys."""
-    return self.builder_name == "lm_text"
+    return self.builder_name in LM_DATASETS
 
   @property
   def images(self) -> bool:
@@ -153,7 +159,7 @@ class DataConfig:
       return self.tokenizer
     if self.builder_name == "synthetic_seq2seq":
       return "identity"
-    return "byte" if self.builder_name == "lm_text" else "sentencepiece"
+    return "byte" if self.decoder_only else "sentencepiece"
 
   @property
   def resolved_vocab_size(self) -> int | None:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 
 from transformer.data.config import DataConfig
 from transformer.data.lm_text import lm_text_config
@@ -48,13 +49,15 @@ def _builder_kwargs(cfg: DataConfig) -> tuple[str, dict[str, Any]]:
         eval_examples=cfg.synthetic_eval_examples, seed=cfg.synthetic_seed)
   elif name == "sklearn_digits":
     pass  # one fixed dataset, no options
-  elif name in ("parallel_text", "lm_text"):
+  elif name == "parallel_text" or cfg.decoder_only:
     check_path(cfg)
     try:  # a missing split file: FileNotFoundError naming it, made a config error here
-      kwargs["config"] = (
-          parallel_text_config(cfg.path, cfg.split_files, cfg.source_lang, cfg.target_lang,
-                               cfg.train_split) if name == "parallel_text" else
-          lm_text_config(cfg.path, cfg.train_fraction, cfg.lm_chunk_chars))
+      if name == "parallel_text":
+        kwargs["config"] = parallel_text_config(cfg.path, cfg.split_files, cfg.source_lang,
+                                                cfg.target_lang, cfg.train_split)
+      else:
+        name = "lm_text"
+        kwargs["config"] = lm_text_config(text_file(cfg), cfg.train_fraction, cfg.lm_chunk_chars)
     except OSError as e:
       raise ValueError(f"data.path={cfg.path!r}: {e}") from None
   else:  # catalog builders default to TFRecord, which needs TensorFlow
@@ -64,6 +67,48 @@ def _builder_kwargs(cfg: DataConfig) -> tuple[str, dict[str, Any]]:
     if module:
       importlib.import_module(module)
   return name, kwargs
+
+
+def text_file(cfg: DataConfig) -> str:
+  """The corpus file of a language-model dataset: data.path, or the TFDS catalog's file.
+
+  A catalog text (`tiny_shakespeare`) is fetched once into DATA_DIR/downloads by TFDS's
+  download manager, which checks it against the size and sha256 the catalog records; a
+  copy put in DATA_DIR/downloads/manual/NAME/ (e.g. input.txt) is used, once checked, in
+  place of a download. lm_text then reads it like any local file. (The catalog's own
+  builder reads it through TensorFlow and splits it 90/5/5, not 90/10.)
+  """
+  if cfg.builder_name == "lm_text":
+    return cfg.path
+  key = (cfg.builder_name, cfg.data_dir)
+  if key not in _TEXT_FILES:  # once per process: TFDS hashes the file at every call
+    _TEXT_FILES[key] = _download_text(cfg)
+  return _TEXT_FILES[key]
+
+
+_TEXT_FILES: dict[tuple[str, str], str] = {}
+
+
+def _download_text(cfg: DataConfig) -> str:
+  url_infos = catalog_url_infos(cfg.builder_name)
+  downloads = os.path.join(cfg.data_dir, "downloads")
+  manual = os.path.join(downloads, "manual", cfg.builder_name)
+  manager = tfds.download.DownloadManager(
+      download_dir=downloads, manual_dir=manual,
+      url_infos=url_infos, dataset_name=cfg.builder_name)
+  (url,) = url_infos
+  try:
+    return os.fspath(manager.download(url))
+  except NonMatchingChecksumError:
+    want = url_infos[url]
+    raise ValueError(f"{cfg.dataset}: the file found for {url} is not the catalog's ({int(want.size)} "
+                     f"bytes, sha256 {want.checksum[:16]}...); a wrong copy in {manual}?"
+                     ) from None
+
+
+def catalog_url_infos(name: str) -> dict[str, Any]:
+  """The URL, size and sha256 of each file a TFDS catalog builder downloads."""
+  return dict(tfds.builder_cls(name).url_infos)
 
 
 def check_path(cfg: DataConfig) -> None:
@@ -155,7 +200,7 @@ def _text(value: Any) -> str:
 
 def example_texts(cfg: DataConfig, example: dict[str, Any]) -> tuple[str, str]:
   """(source text, target text) of one example; language models have source ''."""
-  if cfg.builder_name == "lm_text":
+  if cfg.decoder_only:
     return "", _text(example["text"])
   if cfg.builder_name == "synthetic_seq2seq":
     return _text(example["inputs"]), _text(example["targets"])
