@@ -69,6 +69,9 @@ def get_config(variant: str = "baby") -> ml_collections.ConfigDict:
     config.model.update(d_model=128, num_heads=4, d_ff=512, num_decoder_layers=4, max_len=64)
     config.data.update(max_target_length=64)
   else:
+    # 4.75 M parameters; 2,400 steps of 16 x 128 tokens (4.9 M, ~5 epochs) fill 30 minutes on
+    # two CPU cores: val 1.570. Tried on validation: dropout 0.1 (1.631 at step 2,000 against
+    # 1.582) and peak lr 2.5e-3 (1.790 at step 1,200 against 1.711) were worse.
     config.num_train_steps = 2400
     config.batch_size = 16
     config.eval_every_steps = 400
