@@ -117,7 +117,8 @@ def test_a_data_dir_that_is_no_directory_is_refused(tmp_path, where, message):
 ])
 def test_a_missing_data_path_is_refused(tmp_path, dataset, tokenizer, message):
   config = _config(data__dataset=dataset, data__path="/nope", data__tokenizer=tokenizer,
-                   data__data_dir=str(tmp_path / "data"))
+                   data__data_dir=str(tmp_path / "data"),
+                   model__num_encoder_layers=0 if dataset == "lm_text" else 2)
   with pytest.raises(settings.ConfigError) as e:
     run_lib.create(config, str(tmp_path / "run"))
   assert message in str(e.value) and "\n" not in str(e.value)

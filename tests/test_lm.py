@@ -214,9 +214,10 @@ def test_catalog_tiny_shakespeare_is_read_by_the_same_code(tmp_path, corpus, mon
   catalog = DataConfig(dataset="tiny_shakespeare", tokenizer="char", data_dir=str(data_dir))
   assert catalog.decoder_only
   # The real catalog record: this small file is not its 1,115,394 characters.
-  with pytest.raises(ValueError, match="tiny_shakespeare: the file found for https://raw."
-                                       "githubusercontent.com/karpathy/.* is not the catalog's "
-                                       r"\(1115394 bytes, sha256 86c4e6aa9db7c042"):
+  with pytest.raises(ValueError, match="tiny_shakespeare: the file downloaded or found in .*"
+                                       "manual/tiny_shakespeare for https://raw.githubusercontent"
+                                       r".com/karpathy/.* is not the catalog's \(1115394 bytes, "
+                                       "sha256 86c4e6aa9db7c042"):
     sources.text_file(catalog)
   (url,) = sources.catalog_url_infos("tiny_shakespeare")
   info = checksums.compute_url_info(manual / "input.txt")
@@ -247,3 +248,14 @@ def test_the_recipe_runs_under_the_sweep(tmp_path, corpus, data_dir):
   table = open(md).read()
   assert "eval_bits_per_char" in table
   assert "| inv_sqrt_dk | 1/1 |" in table and "| none | 1/1 |" in table
+
+
+def test_a_language_model_config_is_checked_before_anything_runs(corpus, data_dir):
+  config = _config(corpus, data_dir)
+  point = sweep_grid.plan(config, ["model.attention_scale=inv_sqrt_dk"], [0])[0]
+  with pytest.raises(ValueError, match="^--score_split=validation: decodes translations"):
+    sweep.check_score_split(point, "validation")
+  config.model.num_encoder_layers = 1
+  with pytest.raises(settings.ConfigError, match="is a language-model corpus but "
+                                                 "model.num_encoder_layers=1; a language model"):
+    settings.resolve(config.to_dict())

@@ -305,5 +305,5 @@ def sample_ids(run: Run, params: Any, prompt: Sequence[int], *, length: int,
     text, index = text + new.tolist(), index + 1
     empty = 0 if len(new) else empty + 1
     if empty == 100:
-      raise RuntimeError("the model sampled a special id first in 100 windows in a row")
+      raise ValueError("the model sampled a special id first in 100 windows in a row")
   return text[len(prompt):len(prompt) + length]

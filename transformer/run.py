@@ -107,9 +107,9 @@ class Run:
 
   def check_language_model(self) -> None:
     """RunError unless the run is a decoder-only language model (sampling)."""
-    if not self.data.decoder_only:
-      raise RunError(f"workdir {self.workdir!r} holds a {self.direction} model, not a language "
-                     "model; sampling a prompt's continuation needs a decoder-only run")
+    if not (self.data.decoder_only and self.model.config.decoder_only):
+      raise RunError(f"workdir {self.workdir!r} holds {self.direction}, not a language model; "
+                     "sampling a prompt's continuation needs a decoder-only run")
 
   @property
   def text_unit(self) -> str | None:

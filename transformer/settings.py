@@ -136,6 +136,11 @@ def resolve(config: Any) -> tuple[Settings, DataConfig, OptimConfig, str]:
                     "image dataset (transformer.data.config.IMAGE_DATASETS)")
   if not data_cfg.images:  # image rows are patches, not max_len tokens
     problems += _length_problems(model_cfg, data_cfg)
+    if data_cfg.decoder_only != model_cfg.decoder_only:
+      what, fix = (("a language-model corpus", "a language model has no encoder: set it to 0")
+                   if data_cfg.decoder_only else ("sequence-to-sequence data", "it needs an encoder"))
+      problems.append(f"data.dataset={data_cfg.dataset!r} is {what} but model.num_encoder_layers="
+                      f"{model_cfg.num_encoder_layers}; {fix}")
   if not 0.0 <= settings.label_smoothing < 1.0:
     problems.append(f"label_smoothing={settings.label_smoothing!r} must be in [0, 1)")
   parallel_raw = dict(settings.parallel or {})

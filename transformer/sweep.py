@@ -153,6 +153,9 @@ def check_score_split(point: Point, split: str) -> None:
   """ValueError in one line, before anything trains, where the data has no such split."""
   from transformer.data import sources  # noqa: PLC0415
   _, data_cfg, _, _ = settings.resolve(point.config)
+  if data_cfg.images or data_cfg.decoder_only:
+    raise ValueError(f"--score_split={split}: decodes translations (BLEU); {data_cfg.dataset} "
+                     "runs have their split metrics in the tables already")
   try:
     sources.data_source(data_cfg, split)
   except ValueError as e:

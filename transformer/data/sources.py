@@ -14,6 +14,7 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
+from tensorflow_datasets.core.download.util import DownloadError
 
 from transformer.data.config import DataConfig
 from transformer.data.lm_text import lm_text_config
@@ -74,7 +75,8 @@ def text_file(cfg: DataConfig) -> str:
 
   A catalog text (`tiny_shakespeare`) is fetched once into DATA_DIR/downloads by TFDS's
   download manager, which checks it against the size and sha256 the catalog records; a
-  copy put in DATA_DIR/downloads/manual/NAME/ (e.g. input.txt) is used, once checked, in
+  copy put in DATA_DIR/downloads/manual/NAME/, under the file name the catalog records
+  (input.txt), is used, once checked, in
   place of a download. lm_text then reads it like any local file. (The catalog's own
   builder reads it through TensorFlow and splits it 90/5/5, not 90/10.)
   """
@@ -97,13 +99,17 @@ def _download_text(cfg: DataConfig) -> str:
       download_dir=downloads, manual_dir=manual,
       url_infos=url_infos, dataset_name=cfg.builder_name)
   (url,) = url_infos
+  want = url_infos[url]
   try:
     return os.fspath(manager.download(url))
   except NonMatchingChecksumError:
-    want = url_infos[url]
-    raise ValueError(f"{cfg.dataset}: the file found for {url} is not the catalog's ({int(want.size)} "
-                     f"bytes, sha256 {want.checksum[:16]}...); a wrong copy in {manual}?"
+    raise ValueError(f"{cfg.dataset}: the file downloaded or found in {manual} for {url} is not "
+                     f"the catalog's ({int(want.size)} bytes, sha256 {want.checksum[:16]}...)"
                      ) from None
+  except (OSError, DownloadError) as e:
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise ValueError(f"{cfg.dataset}: cannot download {url} ({first}); offline, put the file "
+                     f"at {os.path.join(manual, want.filename)}") from None
 
 
 def catalog_url_infos(name: str) -> dict[str, Any]:
