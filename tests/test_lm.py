@@ -18,6 +18,7 @@ import pytest
 from tensorflow_datasets.core.download import checksums
 
 from experiments.configs import shakespeare_char
+from train_fixtures import set_keys
 from transformer import (commands, evaluation, settings, sweep, sweep_grid, sweep_plots,
                          sweep_tables, train)
 from transformer import run as run_lib
@@ -53,13 +54,7 @@ def _config(corpus, data_dir, **overrides):
   config.model.update(d_model=32, num_heads=2, d_ff=64, num_decoder_layers=1, max_len=16)
   config.data.update(path=corpus, data_dir=data_dir, max_target_length=16, lm_chunk_chars=200)
   config.optim.update(learning_rate=1e-2, warmup_steps=5)
-  for key, value in overrides.items():
-    sub = config
-    *parents, last = key.split(".")
-    for p in parents:
-      sub = sub[p]
-    sub[last] = value
-  return config
+  return set_keys(config, overrides)
 
 
 @pytest.fixture(scope="module")
