@@ -36,8 +36,8 @@ flags.DEFINE_enum("launcher", "local", ["local", "submitit"],
 flags.DEFINE_string("metric", "eval_loss", "Final metric of the pivot and the pictures.")
 flags.DEFINE_float("target_loss", 1.0,
                    "Training loss whose first crossing is reported as steps_to_target.")
-flags.DEFINE_string("score_split", None, "After training: BLEU/chrF of each finished run "
-                    "on this split, decoded once (kept in the run directory and reused).")
+flags.DEFINE_string("score_split", None, "BLEU/chrF of each run on this split, decoded once "
+                    "as the run finishes (kept in the run directory and reused).")
 flags.DEFINE_integer("score_beam_size", 1, "Beam width of --score_split (1: greedy).",
                      lower_bound=1)
 flags.DEFINE_integer("timeout_min", 240, "submitit: minutes a run may take.", lower_bound=1)
@@ -77,8 +77,9 @@ def main(argv):
     if FLAGS.score_split:
       sweep.check_score_split(points[0], FLAGS.score_split)
     options = _submitit_options() if FLAGS.launcher == "submitit" else None
+    score = (FLAGS.score_split, FLAGS.score_beam_size) if FLAGS.score_split else None
     records = sweep.run_sweep(points, FLAGS.workdir, launcher=FLAGS.launcher,
-                              submitit_options=options)
+                              submitit_options=options, score=score)
     if FLAGS.score_split:
       records = sweep.score_runs(records, FLAGS.score_split, beam_size=FLAGS.score_beam_size)
   except ValueError as e:  # a run directory of another config, a ConfigError of training

@@ -307,6 +307,23 @@ def _one_point(data_dir, tmp_path):
   return point, directory
 
 
+def test_a_run_is_scored_as_it_finishes_and_the_score_outlives_its_checkpoints(
+    tmp_path, data_dir, monkeypatch):
+  """--score_split decodes each run when it finishes; a study's record without checkpoints
+  (a lent machine's disk gone) is still reused, tabulated and never decoded again."""
+  import shutil  # noqa: PLC0415
+  point, directory = _one_point(data_dir, tmp_path)
+  record = sweep.run_one(point, directory, train_and_evaluate, ("test", 1))
+  score = json.load(open(os.path.join(directory, "score_test_beam1.json")))
+  assert record["status"] == "finished" and score["lines"] == 16 and score["split"] == "test"
+  shutil.rmtree(os.path.join(directory, "checkpoints"))
+  from transformer import commands  # noqa: PLC0415
+  monkeypatch.setattr(commands, "evaluate", lambda *a, **k: pytest.fail("decoded twice"))
+  again = sweep.run_sweep([point], str(tmp_path), train_fn=lambda *a: pytest.fail("retrained"),
+                          score=("test", 1))
+  assert sweep.score_runs(again, "test")[0]["score"] == score
+
+
 def test_a_finished_run_continues_to_a_new_step_count(tmp_path, data_dir):
   """num_train_steps is not an identity key: training continues a run to the new count, so
   the sweep must not reuse a run that finished at another one."""

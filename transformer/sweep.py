@@ -28,6 +28,7 @@ STATUS_FILE = "sweep_status.json"
 ENDED = ("finished", "diverged", "failed")
 LAUNCHERS = ("local", "submitit")
 TrainFn = Callable[[Any, str], Any]
+Score = tuple[str, int]  # (split, beam size) of --score_split
 
 
 def run_dir(workdir: str, point: Point) -> str:
@@ -113,8 +114,10 @@ def _record(point: Point, directory: str, status: Mapping[str, Any]) -> dict[str
           "config": status.get("config")}
 
 
-def run_one(point: Point, directory: str, train_fn: TrainFn) -> dict[str, Any]:
-  """Trains one run unless it already ended (with the same config); returns its record."""
+def run_one(point: Point, directory: str, train_fn: TrainFn, score: Score | None = None
+            ) -> dict[str, Any]:
+  """Trains one run unless it already ended (with the same config); returns its record.
+  With `score` (split, beam size), a run that finishes is scored at once (`score_run`)."""
   status = _ended(point, directory)
   if status is not None:
     logging.info("reusing %s (%s)", directory, status["status"])
@@ -141,6 +144,8 @@ def run_one(point: Point, directory: str, train_fn: TrainFn) -> dict[str, Any]:
     # has the same shapes unless the persistent compilation cache holds them anyway.
     jax.clear_caches()
   status.update(config=resolved, name=point.name, values=point.values, seed=point.seed)
+  if score is not None and status["status"] == "finished":
+    score_run(directory, *score)
   _write_json(os.path.join(directory, STATUS_FILE), status)
   return _record(point, directory, status)
 
@@ -162,47 +167,51 @@ def check_score_split(point: Point, split: str) -> None:
     raise ValueError(f"--score_split={split}: {str(e).splitlines()[0]}") from None
 
 
+def score_run(directory: str, split: str, beam_size: int = 1, alpha: float = 0.6
+              ) -> dict[str, Any]:
+  """BLEU and chrF of a finished run's latest checkpoint on `split` (`commands.evaluate`),
+  decoded once: RUN/score_SPLIT_beamB.json is kept and reused. The sweep scores each run as
+  it finishes, so the score outlives checkpoints that a scratch disk or a lent machine does
+  not keep; the study's choices are all made before its grid runs."""
+  path = os.path.join(directory, score_file(split, beam_size))
+  score = _read_json(path)
+  if score is None:
+    from transformer import commands  # noqa: PLC0415  (decoding: JAX)
+    with open(os.devnull, "w") as devnull:
+      result = commands.evaluate(directory, split=split, beam_size=beam_size, alpha=alpha,
+                                 perplexity=False, stdout=devnull)
+    score = {k: result[k] for k in ("bleu", "chrf", "bleu_signature", "chrf_signature",
+                                    "lines", "checkpoint")}
+    score.update(split=split, beam_size=beam_size, alpha=alpha)
+    _write_json(path, score)
+    logging.info("%s: %s BLEU %.2f", directory, split, score["bleu"])
+  return score
+
+
 def score_runs(records: Sequence[dict[str, Any]], split: str, *, beam_size: int = 1,
                alpha: float = 0.6) -> list[dict[str, Any]]:
-  """The records with "score": BLEU and chrF of each finished run's latest checkpoint on
-  `split` (`commands.evaluate`), decoded once: RUN/score_SPLIT_beamB.json is kept and
-  reused, so a study scores its test split after all choices, and only once."""
-  from transformer import commands  # noqa: PLC0415  (decoding: JAX)
-  out = []
-  for r in records:
-    r = dict(r)
-    path = os.path.join(r["run_dir"], score_file(split, beam_size))
-    if r["status"] == "finished":
-      score = _read_json(path)
-      if score is None:
-        with open(os.devnull, "w") as devnull:
-          result = commands.evaluate(r["run_dir"], split=split, beam_size=beam_size,
-                                     alpha=alpha, perplexity=False, stdout=devnull)
-        score = {k: result[k] for k in ("bleu", "chrf", "bleu_signature", "chrf_signature",
-                                        "lines", "checkpoint")}
-        score.update(split=split, beam_size=beam_size, alpha=alpha)
-        _write_json(path, score)
-        logging.info("%s: %s BLEU %.2f", r["run_dir"], split, score["bleu"])
-      r["score"] = score
-    out.append(r)
-  return out
+  """The records with "score" (`score_run`) for each finished run; those scored before are
+  read back, not decoded again."""
+  return [{**r, "score": score_run(r["run_dir"], split, beam_size, alpha)}
+          if r["status"] == "finished" else dict(r) for r in records]
 
 
-def run_point(point: Point, directory: str) -> dict[str, Any]:
+def run_point(point: Point, directory: str, score: Score | None = None) -> dict[str, Any]:
   """The submitit job: `run_one` with the real training, in a fresh process."""
   from transformer import run_records  # noqa: PLC0415
   from transformer.train import train_and_evaluate  # noqa: PLC0415
   run_records.quiet_library_logs()
-  return run_one(point, directory, train_and_evaluate)
+  return run_one(point, directory, train_and_evaluate, score)
 
 
 def run_sweep(points: Sequence[Point], workdir: str, *, launcher: str = "local",
-              train_fn: TrainFn | None = None, submitit_options: Mapping[str, Any] | None = None
-              ) -> list[dict[str, Any]]:
+              train_fn: TrainFn | None = None, submitit_options: Mapping[str, Any] | None = None,
+              score: Score | None = None) -> list[dict[str, Any]]:
   """Runs (or reuses) every point; returns one record per run, in the points' order.
 
   Every run directory is checked first, so a changed config stops the sweep before any
-  training. `train_fn` (default `train.train_and_evaluate`) is for the local launcher.
+  training. `train_fn` (default `train.train_and_evaluate`) is for the local launcher;
+  `score` (split, beam size) scores each run as it finishes (`score_run`).
   """
   if launcher not in LAUNCHERS:
     raise ValueError(f"unknown launcher {launcher!r}; valid: {', '.join(LAUNCHERS)}")
@@ -212,17 +221,17 @@ def run_sweep(points: Sequence[Point], workdir: str, *, launcher: str = "local",
   if launcher == "submitit":
     if train_fn is not None:
       raise ValueError("the submitit launcher trains with train.train_and_evaluate only")
-    return _run_submitit(points, workdir, **(submitit_options or {}))
+    return _run_submitit(points, workdir, score=score, **(submitit_options or {}))
   if train_fn is None:
     from transformer.train import train_and_evaluate as train_fn  # noqa: PLC0415
-  return [run_one(p, run_dir(workdir, p), train_fn) for p in points]
+  return [run_one(p, run_dir(workdir, p), train_fn, score) for p in points]
 
 
 def _run_submitit(points: Sequence[Point], workdir: str, *, timeout_min: int = 240,
                   gpus_per_run: int = 0, cpus_per_run: int | None = None,
                   mem_gb: float | None = None, partition: str | None = None,
-                  account: str | None = None, array_parallelism: int = 4
-                  ) -> list[dict[str, Any]]:
+                  account: str | None = None, array_parallelism: int = 4,
+                  score: Score | None = None) -> list[dict[str, Any]]:
   """One submitit job per run that has not ended; waits for them and collects the records.
 
   SLURM runs them as one job array (at most `array_parallelism` at once); submitit's local
@@ -246,7 +255,8 @@ def _run_submitit(points: Sequence[Point], workdir: str, *, timeout_min: int = 2
   wave = len(todo) if executor.cluster == "slurm" else array_parallelism
   for start in range(0, len(todo), max(wave, 1)):
     batch = todo[start:start + wave]
-    jobs = executor.map_array(run_point, batch, [run_dir(workdir, p) for p in batch])
+    jobs = executor.map_array(run_point, batch, [run_dir(workdir, p) for p in batch],
+                              [score] * len(batch))
     logging.info("submitted %d jobs (%s) to %s", len(jobs), executor.cluster,
                  ", ".join(j.job_id for j in jobs))
     for p, job in zip(batch, jobs):
