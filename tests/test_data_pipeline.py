@@ -186,6 +186,43 @@ def test_language_model_batches(tmp_path):
   assert all(tokens[i][-1] == EOS for i in range(len(docs)))
 
 
+def test_language_model_training_windows_move_each_epoch_and_resume(tmp_path):
+  """Each epoch cuts every document's windows at a new random offset (nanoGPT's random
+  windows): every segment is a slice of one document, no text is lost, and a restored
+  iterator gives the same batches."""
+  corpus = tmp_path / "c.txt"
+  corpus.write_text("".join(f"line number {i}, some words\n" for i in range(30)))
+  cfg = DataConfig(dataset="lm_text", path=str(corpus), data_dir=str(tmp_path / "d"),
+                   lm_chunk_chars=100, max_target_length=16, shuffle=False, pack=False)
+  tok = build_tokenizer(cfg)
+  docs = [tok.encode(t) + [EOS] for _, t in raw_examples(cfg, "train")]
+  windows = sum(len(d) // 16 + 2 for d in docs)  # an upper bound on one epoch's windows
+  it = train_iterator(cfg, tok, batch_size=1, seed=0)
+  rows = [next(it)["targets"][0] for _ in range(3 * windows)]
+  segments = [tuple(r[r != 0].tolist()) for r in rows]
+  # Unshuffled and unpacked, documents come in order: rebuild each epoch document by document.
+  epochs, doc, text, cuts = [], 0, [], []
+  for seg in segments:
+    cuts.append(len(text))
+    text += seg
+    if text == docs[doc % len(docs)]:
+      epochs.append(cuts)
+      doc, text, cuts = doc + 1, [], []
+    assert docs[doc % len(docs)][:len(text)] == text  # a slice of the document, in order
+  assert len(epochs) >= 2 * len(docs)  # whole documents rebuilt, epoch after epoch
+  first_cuts = [c[1] if len(c) > 1 else 0 for c in epochs]
+  assert len(set(first_cuts[:len(docs)])) > 1  # offsets differ between documents...
+  assert first_cuts[:len(docs)] != first_cuts[len(docs):2 * len(docs)]  # ...and epochs
+  assert all(0 < c <= 16 for c in first_cuts)
+  it = train_iterator(cfg, tok, batch_size=2, seed=0)
+  take(it, 7)
+  state = it.get_state()
+  expected = take(it, 30)
+  restored = train_iterator(cfg, tok, batch_size=2, seed=0)
+  restored.set_state(state)
+  assert_same(take(restored, 30), expected)
+
+
 def test_iterator_is_endless(cfg):
   it = train_iterator(cfg, build_tokenizer(cfg), batch_size=4, seed=0)
   assert len(list(itertools.islice(it, 25))) == 25

@@ -40,15 +40,25 @@ def _windows(ids: np.ndarray, length: int) -> list[np.ndarray]:
   return [ids[i:i + length] for i in range(0, len(ids), length)]
 
 
+def _window_offset(length: int, example: dict[str, np.ndarray], rng: np.random.Generator
+                   ) -> dict[str, np.ndarray]:
+  """Where this epoch's training windows of the document start: uniform in [0, length), so
+  each epoch cuts new windows (nanoGPT's random windows; fixed ones are memorised)."""
+  return {**example, "offset": rng.integers(min(length, len(example["targets"])))}
+
+
 class _LmWindows(grain.experimental.FlatMapTransform):
-  """One tokenized document -> consecutive windows of at most `length` tokens."""
+  """One tokenized document -> consecutive windows of at most `length` tokens cut at its
+  "offset": the tokens before it are a short window of their own (packing fills its row)."""
   max_fan_out = 1 << 20  # unused by the iterator flat-map; documents may be long
 
   def __init__(self, length: int):
     self.length = length
 
   def flat_map(self, example):
-    return [{"targets": w} for w in _windows(example["targets"], self.length)]
+    ids, offset = example["targets"], example["offset"]
+    head = [ids[:offset]] if offset else []
+    return [{"targets": w} for w in head + _windows(ids[offset:], self.length)]
 
 
 class _LengthFilter(grain.transforms.Filter):
@@ -129,7 +139,10 @@ def train_iterator(cfg: DataConfig, tokenizer: Tokenizer | None, *, batch_size: 
   ds = ds.repeat(None)  # reseeds the shuffle each epoch
   # A small read-ahead: Grain's default (16 threads, 500 elements) scans its whole buffer
   # per element and ran 2.4x slower on a 2-core machine (experiments/benchmark_input.py).
-  ds = ds.map(functools.partial(_encode, cfg, tokenizer)).to_iter_dataset(
+  ds = ds.map(functools.partial(_encode, cfg, tokenizer))
+  if cfg.decoder_only:  # seeded by the element's index: new offsets each epoch, same on resume
+    ds = ds.random_map(functools.partial(_window_offset, cfg.max_target_length), seed=seed)
+  ds = ds.to_iter_dataset(
       grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.read_buffer))
   lengths = _lengths(cfg)
   if cfg.decoder_only:
