@@ -91,6 +91,19 @@ def test_beam_search_finds_the_sequence_greedy_misses():
   np.testing.assert_allclose(np.asarray(scores[0]), np.log([0.36, 0.30]), rtol=1e-5)
 
 
+def test_greedy_stops_once_every_row_has_ended():
+  positions = []
+
+  def counting_step(tokens_N, position, state):
+    jax.debug.callback(lambda p: positions.append(int(p)), position)
+    return toy_step(tokens_N, position, state)
+
+  out = decoding.greedy_search(counting_step, (), 3, 40)
+  jax.effects_barrier()
+  np.testing.assert_array_equal(np.asarray(out), [[3, 2] + [0] * 38] * 3)
+  assert sorted(positions) == [0, 1]  # two steps of 40: every row ended at the second
+
+
 def test_length_penalty_is_the_papers():
   assert float(decoding.length_penalty(1, 0.6)) == pytest.approx(1.0)
   assert float(decoding.length_penalty(7, 0.6)) == pytest.approx(2.0 ** 0.6)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import train_fixtures as fx
-from transformer import settings, train
+from transformer import run_records, settings, train
 from transformer.config import TransformerConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,6 +59,8 @@ def test_reference_run_records(reference):
   records = fx.run_metrics(reference)
   assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]
   assert [r["step"] for r in records if r["split"] == "eval"] == [3, 6]
+  timed = [r for r in run_records.read_metrics(reference) if "eval_seconds" in r]
+  assert [r["step"] for r in timed] == [3, 6] and all(r["eval_seconds"] > 0 for r in timed)
   manifest = json.load(open(os.path.join(reference, "manifest.json")))
   assert manifest["device_count"] == 4 and manifest["seed"] == 0
   assert manifest["config"]["model"]["d_model"] == 32 and "git_commit" in manifest

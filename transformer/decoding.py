@@ -63,23 +63,34 @@ def model_step_fn(model: Transformer, params, inputs_BS: Array | None, batch_siz
 def _autoregress(step_fn: StepFn, state, batch_size: int, max_length: int, choose, *,
                  bos_id: int, eos_id: int, pad_id: int, rng: Array | None = None,
                  prompt_BP: Array | None = None) -> Array:
-  """Runs max_length steps, choosing each token with `choose(logp, key)`; -> [B, L]."""
+  """Up to max_length steps, choosing each token with `choose(logp, key)`; -> [B, L].
+
+  The loop stops once every row has emitted EOS: the rest would be padding anyway, and a
+  translation ends long before its source length + 50, so greedy evaluation runs a
+  fraction of the steps.
+  """
   prompt_len = 0 if prompt_BP is None else prompt_BP.shape[1]
   rng = jax.random.PRNGKey(0) if rng is None else rng
 
-  def body(carry, position):
-    token_B, done_B, state = carry
+  def cond(carry):
+    position, _, done_B, _, _ = carry
+    return (position < max_length) & ~jnp.all(done_B)
+
+  def body(carry):
+    position, token_B, done_B, tokens_BL, state = carry
     logp_BV, state = step_fn(token_B, position, state)
     new_B = choose(logp_BV, jax.random.fold_in(rng, position))
     if prompt_len:  # the prompt's tokens are forced (language-model continuation)
       forced = jnp.take(prompt_BP, jnp.minimum(position, prompt_len - 1), axis=1)
       new_B = jnp.where((position < prompt_len) & (forced != pad_id), forced, new_B)
     new_B = jnp.where(done_B, pad_id, new_B).astype(jnp.int32)
-    return (new_B, done_B | (new_B == eos_id), state), new_B
+    tokens_BL = jax.lax.dynamic_update_slice(tokens_BL, new_B[:, None], (0, position))
+    return position + 1, new_B, done_B | (new_B == eos_id), tokens_BL, state
 
-  init = (jnp.full((batch_size,), bos_id, jnp.int32), jnp.zeros((batch_size,), bool), state)
-  _, tokens_LB = jax.lax.scan(body, init, jnp.arange(max_length))
-  return tokens_LB.T
+  init = (jnp.array(0), jnp.full((batch_size,), bos_id, jnp.int32),
+          jnp.zeros((batch_size,), bool), jnp.full((batch_size, max_length), pad_id, jnp.int32),
+          state)
+  return jax.lax.while_loop(cond, body, init)[3]
 
 
 def greedy_search(step_fn: StepFn, state, batch_size: int, max_length: int, *,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from typing import Any
 
 import jax
@@ -228,6 +229,7 @@ def _train(run: Run, workdir: str, train_iter) -> dict[str, Any]:
         writer.write(step, "perf", rates)
         pending, tokens = [], 0.0
         if evaluate_now:
+          began = time.perf_counter()  # evaluation's share of the run is a budget (BUILD_NOTES)
           writer.write(step, "eval", evaluate(run, dp, state.params, run.data.eval_split,
                                               cfg.num_eval_batches))
           if cfg.attention_diagnostics:
@@ -236,6 +238,7 @@ def _train(run: Run, workdir: str, train_iter) -> dict[str, Any]:
             from transformer import evaluation  # noqa: PLC0415  (sacreBLEU only when asked)
             writer.write(step, "eval_bleu", evaluation.bleu_on_split(
                 run, state.params, run.data.eval_split, limit=cfg.bleu_eval_examples))
+          writer.write(step, "perf", {"eval_seconds": time.perf_counter() - began})
         if save or stop:
           ckpt.save(step, dp.to_global(state), rng, train_iter)
         if stop:
