@@ -4,7 +4,7 @@
   python -m experiments.benchmark --config=experiments/configs/benchmark_base.py:big \
       --config.batch_size=256 --config.model.remat=True
   python -m experiments.benchmark --config=experiments/configs/benchmark_base.py \
-      --steps=3 --profile_dir=/tmp/profile      # + a jax.profiler trace of 2 steps
+      --steps=3 --profile_dir=/tmp/profile  # + a trace of 3 steps, op time by part of the step
   python -m experiments.benchmark --config=experiments/configs/benchmark_base.py:scan \
       --compile_only                            # trace / lower / XLA seconds, one line
 
@@ -22,7 +22,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Benchmark config file (with :VARIANT).",
                                 lock_config=True)
 flags.DEFINE_integer("steps", 10, "Timed training steps (after compilation and warm-up).")
-flags.DEFINE_string("profile_dir", None, "Also write a jax.profiler trace of 2 steps here.")
+flags.DEFINE_string("profile_dir", None, "Also write a jax.profiler trace of 3 steps here and "
+                    "print where their op time goes (transformer.step_profile).")
 flags.DEFINE_bool("compile_only", False, "Only trace and compile the step; print the compile "
                   "time by phase (repeat the command to repeat the measurement).")
 flags.mark_flags_as_required(["config"])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import benchmark_base
-from transformer import benchmark, flops, settings
+from transformer import benchmark, flops, settings, step_profile
 from transformer.config import TransformerConfig
 from transformer.model import Transformer
 
@@ -160,3 +160,48 @@ def test_compile_only_prints_the_phases_and_runs_no_step():
       timeout=300)
   assert pmap.returncode == 0, pmap.stderr
   assert re.search(r"\(trace and lower [\d.]+ \+ XLA [\d.]+;", pmap.stdout), pmap.stdout
+
+
+def test_self_time_excludes_nested_events_and_unnamed_ones():
+  # One thread: a loop (0-100) holding two ops (10-30, 40-90, the second holding a third);
+  # an executor event around everything is not an instruction and is not counted.
+  line = [(0, 200, "ThunkExecutor::Execute"), (0, 100, "while.1"), (10, 20, "fusion.2"),
+          (40, 50, "fusion.3"), (50, 10, "dot.4"), (120, 30, "fusion.2")]
+  times = step_profile.self_times_ns([line, [(0, 5, "fusion.3")]],
+                                     {"while.1", "fusion.2", "fusion.3", "dot.4"})
+  assert times == {"while.1": 30, "fusion.2": 50, "fusion.3": 45, "dot.4": 10}
+
+
+@pytest.mark.parametrize("op_name,shape,expected", [
+    ("jit(f)/jvp(Transformer)/Transformer.decode/Transformer.decode_embedded/target_embed.attend/"
+     "btm,vm->btv/dot_general", "f32[256,64]{1,0}", step_profile.VOCAB),
+    ("jit(f)/transpose(jvp(jit(log_softmax)))/add_any", "f32[4,64]{1,0}", step_profile.VOCAB),
+    ("jit(f)/jvp()/reduce_sum", "f32[4,64]{1,0}", step_profile.VOCAB),
+    ("jit(f)/transpose(jvp(Transformer))/Transformer.decode/x/decoder_0/ffn_sublayer/norm/mul",
+     "f32[4,64,64]", step_profile.NORM),
+    ("jit(f)/jvp(Transformer)/Transformer.encode/encoder/encoder_0/attention_sublayer/Dropout_0/"
+     "jit(_bernoulli)/lt", "pred[4,64,64]", step_profile.DROPOUT),
+    ("jit(f)/jvp(Transformer)/Transformer.encode/encoder/encoder_0/attention_sublayer/"
+     "self_attention/bhqk", "f32[4,4,64,64]", step_profile.ATTENTION),
+    ("jit(f)/jvp(Transformer)/Transformer.encode/encoder/encoder_0/ffn_sublayer/ffn/inner/dot",
+     "f32[256,128]", step_profile.FFN),
+    ("jit(f)/jit(_where)/select_n", "f32[1,8000,64]", step_profile.OPTIMIZER),  # Adam, not vocab
+    ("jit(f)/transpose(jvp(Transformer))/Transformer.decode/scatter-add", "f32[8000,64]",
+     step_profile.VOCAB),  # the embedding's gradient, told by its vocabulary axis
+    ("", "f32[1,8000,64]", step_profile.RUNTIME),
+])
+def test_instructions_are_attributed_by_name_stack_and_shape(op_name, shape, expected):
+  assert step_profile.category(op_name, shape, vocab_size=8000) == expected
+
+
+def test_profile_attributes_the_traced_steps_op_time(tmp_path):
+  config = benchmark_base.get_config("tiny")
+  figures = benchmark.run(config, steps=1, log=lambda _: None, profile_dir=str(tmp_path))
+  rows = figures.profile
+  assert {r.category for r in rows} <= set(step_profile.CATEGORIES)
+  assert sum(r.share for r in rows) == pytest.approx(1.0)
+  by = {r.category: r for r in rows}
+  for part in (step_profile.VOCAB, step_profile.ATTENTION, step_profile.FFN,
+               step_profile.NORM, step_profile.OPTIMIZER):
+    assert by[part].ms_per_step > 0, part
+  assert "op time per step" in benchmark.report(figures)

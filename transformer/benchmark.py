@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from transformer import flops, optim, parallel, settings
+from transformer import flops, optim, parallel, settings, step_profile
 from transformer import step as step_lib
 from transformer.model import Transformer
 
@@ -36,6 +36,7 @@ GPU_BF16_PEAK = {"NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA H800": 98
 # Benchmark options under config.benchmark (the rest is an ordinary experiment config).
 DEFAULTS = dict(source_length=64, target_length=64, warmup_steps=2, matmul_size=2048,
                 matmul_repeats=10)
+PROFILE_STEPS = 3  # steps traced with profile_dir
 
 
 @dataclasses.dataclass
@@ -62,6 +63,7 @@ class Figures:
   peak_memory_kind: str
   step_temp_bytes: int          # XLA's memory analysis of the compiled step: temporaries
   step_argument_bytes: int      # ... and arguments (state, batch), per device
+  profile: list | None = None   # step_profile.Row per part of the step (with profile_dir)
 
   @property
   def median_step_s(self) -> float:
@@ -244,8 +246,9 @@ def _compile_line(compile_s: float, cpu_s: float, phases: dict, fusions: int) ->
 def run(config: Any, steps: int, log=print, profile_dir: str | None = None) -> Figures:
   """Compiles and times `steps` training steps of the configured model; returns the figures.
 
-  profile_dir: also records a `jax.profiler` trace (TensorBoard / Perfetto) of two
-  extra steps there, after the timed ones.
+  profile_dir: also records a `jax.profiler` trace (TensorBoard / Perfetto) of
+  PROFILE_STEPS extra steps there, after the timed ones, and attributes its op time to
+  the parts of the step (`transformer.step_profile`).
   """
   if steps < 1:
     raise settings.ConfigError(f"steps={steps} must be >= 1")
@@ -278,12 +281,15 @@ def run(config: Any, steps: int, log=print, profile_dir: str | None = None) -> F
       flop, wall, cpu = matmul()
       rates.append(flop / wall)
       cpu_rates.append(flop / cpu)
+  profile = None
   if profile_dir:
     with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
-      for _ in range(2):
+      for _ in range(PROFILE_STEPS):
         state, metrics = compiled(state, batch, rng)
       jax.block_until_ready((state, metrics))
-    log(f"profile of 2 steps written under {profile_dir}")
+    log(f"profile of {PROFILE_STEPS} steps written under {profile_dir}")
+    profile = step_profile.breakdown(profile_dir, compiled.as_text(), PROFILE_STEPS,
+                                     model_cfg.output_vocab_size)
   measured = statistics.median(rates)
   mem, mem_kind = peak_memory(list(dp.mesh.devices.flat))
   if peak:
@@ -299,7 +305,7 @@ def run(config: Any, steps: int, log=print, profile_dir: str | None = None) -> F
       step_cpu_s=cpu_times, matmul_cpu_flops=statistics.median(cpu_rates),
       model_flops_per_step=flops.step_flops(model_cfg, setup.batch_size, src, tgt).train,
       ceiling_flops=ceiling, ceiling_kind=ceiling_kind, matmul_flops=measured,
-      peak_memory_bytes=int(mem), peak_memory_kind=mem_kind,
+      peak_memory_bytes=int(mem), peak_memory_kind=mem_kind, profile=profile,
       **step_memory(compiled))
 
 
@@ -336,4 +342,5 @@ def report(f: Figures) -> str:
                       f"{f.step_argument_bytes / 2**20:,.0f} MiB arguments per device "
                       "(XLA memory analysis)"),
   ]
-  return "\n".join(f"{name:>17s}: {value}" for name, value in lines)
+  text = "\n".join(f"{name:>17s}: {value}" for name, value in lines)
+  return text + "\n" + step_profile.report(f.profile) if f.profile else text

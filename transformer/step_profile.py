@@ -1,0 +1,143 @@
+"""Where a training step's time goes: a `jax.profiler` trace, attributed to the model's parts.
+
+The CPU runtime records one trace event per executed HLO instruction (a fusion, a matmul,
+a copy, a loop), named as in the compiled module. The compiled HLO text carries each
+instruction's `op_name`: the JAX name stack, which holds the Flax module path (for example
+`.../decoder_0/ffn_sublayer/norm/...`) and the transformation (`jvp(...)` forward,
+`transpose(...)` backward). Each event's self time (its duration less the events nested
+in it on the same thread) is summed per instruction, and instructions are grouped by
+`category`. Events on different threads may overlap, so the table gives shares of the
+summed op time, not of the wall time.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import glob
+import os
+import re
+
+import jax
+
+# Categories, in the order the table prints them.
+VOCAB = "vocabulary: embedding, logits matmul, log-softmax, loss"
+ATTENTION = "attention: projections, scores, softmax"
+FFN = "feed-forward"
+NORM = "LayerNorm"
+DROPOUT = "dropout: random bits and masks"
+EMBED = "positions, segments, masks"
+MODEL_OTHER = "residual adds and other model ops"
+OPTIMIZER = "optimizer: gradient all-reduce, Adam, clipping, metrics"
+RUNTIME = "copies, collectives, loops"
+CATEGORIES = (VOCAB, ATTENTION, FFN, NORM, DROPOUT, EMBED, MODEL_OTHER, OPTIMIZER, RUNTIME)
+
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = (\([^)]*\)|\S+) ")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+
+
+def hlo_instructions(hlo_text: str) -> dict[str, tuple[str, str]]:
+  """{instruction name: (op_name, output shape)} of every instruction of a compiled module."""
+  out = {}
+  for line in hlo_text.splitlines():
+    match = _INSTRUCTION.match(line)
+    if match:
+      op_name = _OP_NAME.search(line)
+      out[match.group(1)] = (op_name.group(1) if op_name else "", match.group(2))
+  return out
+
+
+def category(op_name: str, shape: str, vocab_size: int) -> str:
+  """The part of the step an instruction belongs to, from its name stack and shape."""
+  name = op_name.lower()
+  if not op_name:
+    return RUNTIME
+  differentiated = "transformer" in name or "jvp(" in name or "transpose(" in name
+  if not differentiated:  # outside the loss's value_and_grad: the update and the metrics
+    return OPTIMIZER
+  if any(k in name for k in ("dropout", "bernoulli", "threefry", "random_bits")):
+    return DROPOUT
+  if "transformer" not in name:  # differentiated but outside the model: the loss
+    return VOCAB
+  if (any(k in name for k in ("attend", "log_softmax", "one_hot", "embed"))
+      or re.search(rf"[\[,]{vocab_size}[\],]", shape)):
+    return VOCAB
+  if "/norm" in name:
+    return NORM
+  if "attention" in name:
+    return ATTENTION
+  if "/ffn" in name:
+    return FFN
+  if any(k in name for k in ("position", "segment", "mask")):
+    return EMBED
+  return MODEL_OTHER
+
+
+def self_times_ns(lines: list[list[tuple[int, int, str]]], names: set[str]) -> dict[str, int]:
+  """{name: summed self time in ns} of the events named in `names`; each line (thread) is a
+  list of (start_ns, duration_ns, name), and an event's self time excludes the events
+  nested in it on its line."""
+  totals: collections.Counter = collections.Counter()
+  for events in lines:
+    stack: list[list] = []  # the open events: [name, end_ns, duration_ns, children's ns]
+    for start, duration, name in sorted(events, key=lambda e: (e[0], -e[1])):
+      while stack and stack[-1][1] <= start:
+        _close(stack, totals, names)
+      if stack:
+        stack[-1][3] += duration
+      stack.append([name, start + duration, duration, 0])
+    while stack:
+      _close(stack, totals, names)
+  return dict(totals)
+
+
+def _close(stack: list[list], totals: collections.Counter, names: set[str]) -> None:
+  name, _, duration, children = stack.pop()
+  if name in names:
+    totals[name] += max(duration - children, 0)
+
+
+def trace_events(trace_path: str) -> list[list[tuple[int, int, str]]]:
+  """The events of every line (thread) of every plane of a `*.xplane.pb` trace."""
+  profile = jax.profiler.ProfileData.from_file(trace_path)
+  return [[(e.start_ns, e.duration_ns, e.name) for e in line.events]
+          for plane in profile.planes for line in plane.lines]
+
+
+@dataclasses.dataclass
+class Row:
+  category: str
+  ms_per_step: float
+  share: float
+  top: list[tuple[str, float]]  # the largest instructions: (name: op_name, ms per step)
+
+
+def breakdown(profile_dir: str, hlo_text: str, steps: int, vocab_size: int) -> list[Row]:
+  """Op time per step by category, largest first, from the newest trace under profile_dir."""
+  traces = sorted(glob.glob(os.path.join(profile_dir, "**", "*.xplane.pb"), recursive=True),
+                  key=os.path.getmtime)
+  if not traces:
+    raise FileNotFoundError(f"no *.xplane.pb trace under {profile_dir}")
+  instructions = hlo_instructions(hlo_text)
+  times = self_times_ns(trace_events(traces[-1]), set(instructions))
+  by_category: dict[str, list[tuple[str, float]]] = collections.defaultdict(list)
+  for name, ns in times.items():
+    op_name, shape = instructions[name]
+    by_category[category(op_name, shape, vocab_size)].append(
+        (f"{name} {shape}: {op_name}", ns / 1e6 / steps))
+  total = sum(ms for ops in by_category.values() for _, ms in ops) or 1.0
+  rows = [Row(c, sum(ms for _, ms in ops), sum(ms for _, ms in ops) / total,
+              sorted(ops, key=lambda x: -x[1])[:3])
+          for c, ops in by_category.items()]
+  return sorted(rows, key=lambda r: -r.ms_per_step)
+
+
+def report(rows: list[Row], top: bool = True) -> str:
+  """The breakdown as aligned lines (with each category's largest instructions)."""
+  lines = [f"{'op time per step':>17s}: {sum(r.ms_per_step for r in rows):.1f} ms summed over "
+           "threads, by part of the step:"]
+  for r in rows:
+    lines.append(f"{100 * r.share:16.1f}%  {r.ms_per_step:8.1f} ms  {r.category}")
+    if top:
+      lines += [f"{'':30s}{ms:8.1f} ms  {what[:140]}" for what, ms in r.top]
+  return "\n".join(lines)
