@@ -188,6 +188,10 @@ def test_self_time_excludes_nested_events_and_unnamed_ones():
     ("jit(f)/jit(_where)/select_n", "f32[1,8000,64]", step_profile.OPTIMIZER),  # Adam, not vocab
     ("jit(f)/transpose(jvp(Transformer))/Transformer.decode/scatter-add", "f32[8000,64]",
      step_profile.VOCAB),  # the embedding's gradient, told by its vocabulary axis
+    ("jit(f)/jvp(Transformer)/Transformer.decode/Transformer.decode_embedded/decoder/decoder_0/"
+     "ffn_sublayer/ffn/inner/dot_general", "f32[2048,1024]", step_profile.FFN),
+    ("jit(f)/jvp(Transformer)/Transformer.decode/Transformer.embed_targets/target_embed/"
+     "jit(_take)/gather", "f32[32,64,256]", step_profile.VOCAB),
     ("", "f32[1,8000,64]", step_profile.RUNTIME),
 ])
 def test_instructions_are_attributed_by_name_stack_and_shape(op_name, shape, expected):

@@ -20,6 +20,24 @@ def _numpy_smoothed_ce(logits, targets, eps):
   return -(q * logp).sum(-1)
 
 
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_smoothed_cross_entropy_and_its_gradient_match_numpy(eps):
+  rng = np.random.RandomState(4)
+  logits = (4 * rng.randn(2, 5, 11)).astype(np.float32)
+  targets = rng.randint(0, 11, (2, 5)).astype(np.int32)
+  loss = losses.smoothed_cross_entropy(jnp.asarray(logits), jnp.asarray(targets), eps)
+  wide = logits.astype(np.float64)
+  np.testing.assert_allclose(loss, _numpy_smoothed_ce(wide, targets, eps), rtol=1e-5)
+  # d loss / d logits = softmax - smoothed target.
+  grad = jax.grad(lambda z: losses.smoothed_cross_entropy(z, jnp.asarray(targets), eps).sum())(
+      jnp.asarray(logits))
+  p = np.exp(wide - wide.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  q = np.full(wide.shape, eps / 11)
+  np.put_along_axis(q, targets[..., None], 1 - eps + eps / 11, axis=-1)
+  np.testing.assert_allclose(grad, p - q, atol=1e-6)
+
+
 def test_one_step_matches_a_numpy_loss_and_updates_params():
   model, _, train_step, state = fx.tiny_setup()
   batch = fx.copy_batch(np.random.RandomState(3), 8)

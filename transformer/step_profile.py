@@ -59,7 +59,8 @@ def category(op_name: str, shape: str, vocab_size: int) -> str:
     return DROPOUT
   if "transformer" not in name:  # differentiated but outside the model: the loss
     return VOCAB
-  if (any(k in name for k in ("attend", "log_softmax", "one_hot", "embed"))
+  if (any(k in name for k in ("attend", "log_softmax", "one_hot"))
+      or re.search(r"_embed\b", name)  # target_embed, source_embed (not decode_embedded)
       or re.search(rf"[\[,]{vocab_size}[\],]", shape)):
     return VOCAB
   if "/norm" in name:
