@@ -226,7 +226,6 @@ def _train(run: Run, workdir: str, train_iter) -> dict[str, Any]:
         summary = losses.summarize(_sum_metrics(host))
         writer.write(step, "train", summary)
         rates = progress.update(step, tokens, summary)
-        writer.write(step, "perf", rates)
         pending, tokens = [], 0.0
         if evaluate_now:
           began = time.perf_counter()  # evaluation's share of the run is a budget (BUILD_NOTES)
@@ -238,7 +237,8 @@ def _train(run: Run, workdir: str, train_iter) -> dict[str, Any]:
             from transformer import evaluation  # noqa: PLC0415  (sacreBLEU only when asked)
             writer.write(step, "eval_bleu", evaluation.bleu_on_split(
                 run, state.params, run.data.eval_split, limit=cfg.bleu_eval_examples))
-          writer.write(step, "perf", {"eval_seconds": time.perf_counter() - began})
+          rates = {**rates, "eval_seconds": time.perf_counter() - began}
+        writer.write(step, "perf", rates)  # one row per (step, split), the eval's time included
         if save or stop:
           ckpt.save(step, dp.to_global(state), rng, train_iter)
         if stop:
