@@ -11,13 +11,17 @@ import train_fixtures as fx
 from transformer import losses, optim, parallel, step as step_lib
 
 
+def _numpy_smoothed_target(shape, targets, eps):
+  v = shape[-1]
+  q = np.full(shape, eps / v)
+  np.put_along_axis(q, targets[..., None], 1 - eps + eps / v, axis=-1)
+  return q
+
+
 def _numpy_smoothed_ce(logits, targets, eps):
   logp = logits - logits.max(-1, keepdims=True)
   logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
-  v = logits.shape[-1]
-  q = np.full(logits.shape, eps / v)
-  np.put_along_axis(q, targets[..., None], 1 - eps + eps / v, axis=-1)
-  return -(q * logp).sum(-1)
+  return -(_numpy_smoothed_target(logits.shape, targets, eps) * logp).sum(-1)
 
 
 @pytest.mark.parametrize("eps", [0.0, 0.1])
@@ -33,9 +37,8 @@ def test_smoothed_cross_entropy_and_its_gradient_match_numpy(eps):
       jnp.asarray(logits))
   p = np.exp(wide - wide.max(-1, keepdims=True))
   p /= p.sum(-1, keepdims=True)
-  q = np.full(wide.shape, eps / 11)
-  np.put_along_axis(q, targets[..., None], 1 - eps + eps / 11, axis=-1)
-  np.testing.assert_allclose(grad, p - q, atol=1e-6)
+  np.testing.assert_allclose(grad, p - _numpy_smoothed_target(wide.shape, targets, eps),
+                             atol=1e-6)
 
 
 def test_one_step_matches_a_numpy_loss_and_updates_params():

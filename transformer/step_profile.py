@@ -20,7 +20,7 @@ import re
 
 import jax
 
-# Categories, in the order the table prints them.
+# The parts of the step (the table lists them by op time, largest first).
 VOCAB = "vocabulary: embedding, logits matmul, log-softmax, loss"
 ATTENTION = "attention: projections, scores, softmax"
 FFN = "feed-forward"
@@ -126,8 +126,9 @@ def breakdown(profile_dir: str, hlo_text: str, steps: int, vocab_size: int) -> l
     op_name, shape = instructions[name]
     by_category[category(op_name, shape, vocab_size)].append(
         (f"{name} {shape}: {op_name}", ns / 1e6 / steps))
-  total = sum(ms for ops in by_category.values() for _, ms in ops) or 1.0
-  rows = [Row(c, sum(ms for _, ms in ops), sum(ms for _, ms in ops) / total,
+  ms_by_category = {c: sum(ms for _, ms in ops) for c, ops in by_category.items()}
+  total = sum(ms_by_category.values()) or 1.0
+  rows = [Row(c, ms_by_category[c], ms_by_category[c] / total,
               sorted(ops, key=lambda x: -x[1])[:3])
           for c, ops in by_category.items()]
   return sorted(rows, key=lambda r: -r.ms_per_step)
