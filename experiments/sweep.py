@@ -11,7 +11,9 @@
   python -m experiments.sweep ... --launcher=submitit --slurm_partition=gpu --gpus_per_run=1
 
 Ended runs are reused and interrupted ones resumed, so the same command continues a
-sweep. Writes DIR/results.md, DIR/results.csv and DIR/*.png (transformer/sweep*.py).
+sweep. Writes DIR/results.md, DIR/results.csv and DIR/*.png (transformer/sweep*.py);
+`--tables_only` writes them from the runs that have ended, training nothing (a study that
+spans sessions, before its last runs end).
 """
 
 import sys
@@ -30,6 +32,8 @@ flags.DEFINE_multi_string("grid", [], "KEY=V1,V2,...: a config key and its value
                           "together; repeated, the runs are the product.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds, one run each per grid point.")
 flags.DEFINE_bool("dry_run", False, "List every run and its state; train nothing.")
+flags.DEFINE_bool("tables_only", False, "Tables and pictures of the runs that have ended "
+                  "(with their saved scores); train and decode nothing.")
 flags.DEFINE_enum("launcher", "local", ["local", "submitit"],
                   "local: each run in turn here; submitit: one job per run (SLURM where "
                   "there is one, else local subprocesses).")
@@ -74,14 +78,20 @@ def main(argv):
     if FLAGS.dry_run:
       print(sweep.describe(points, FLAGS.workdir))
       return
-    if FLAGS.score_split:
-      sweep.check_score_split(points[0], FLAGS.score_split)
-    options = _submitit_options() if FLAGS.launcher == "submitit" else None
     score = (FLAGS.score_split, FLAGS.score_beam_size) if FLAGS.score_split else None
-    records = sweep.run_sweep(points, FLAGS.workdir, launcher=FLAGS.launcher,
-                              submitit_options=options, score=score)
-    if FLAGS.score_split:
-      records = sweep.score_runs(records, FLAGS.score_split, beam_size=FLAGS.score_beam_size)
+    if FLAGS.tables_only:
+      records = sweep.ended_records(points, FLAGS.workdir, score)
+      if not records:
+        sys.exit(f"error: --tables_only: no run of this sweep has ended in {FLAGS.workdir}")
+      print(f"tables of the {len(records)} of {len(points)} runs that have ended")
+    else:
+      if FLAGS.score_split:
+        sweep.check_score_split(points[0], FLAGS.score_split)
+      options = _submitit_options() if FLAGS.launcher == "submitit" else None
+      records = sweep.run_sweep(points, FLAGS.workdir, launcher=FLAGS.launcher,
+                                submitit_options=options, score=score)
+      if FLAGS.score_split:
+        records = sweep.score_runs(records, FLAGS.score_split, beam_size=FLAGS.score_beam_size)
   except ValueError as e:  # a run directory of another config, a ConfigError of training
     sys.exit(f"error: {e}")
   except KeyboardInterrupt as e:  # Ctrl-C or a preempted run: nothing lost

@@ -204,6 +204,28 @@ def test_dry_run_lists_states_and_an_interrupted_run_resumes(swept, data_dir):
     assert json.load(f)["resumed_from_step"] == 4
 
 
+def test_tables_of_the_runs_that_have_ended_train_and_decode_nothing(swept, data_dir, tmp_path,
+                                                                     monkeypatch):
+  workdir, records, train = swept
+  calls = len(train.calls)
+  points = sweep_grid.plan(base_config(data_dir), GRID, [0, 1, 2])  # seed 2: never run
+  saved = {"bleu": 12.5, "chrf": 40.0, "split": "test", "beam_size": 1}
+  with open(os.path.join(records[0]["run_dir"], sweep.score_file("test", 1)), "w") as f:
+    json.dump(saved, f)
+  from transformer import commands  # noqa: PLC0415
+  monkeypatch.setattr(commands, "evaluate", lambda *a, **k: pytest.fail("decoded"))
+  ended = sweep.ended_records(points, workdir, ("test", 1))
+  os.remove(os.path.join(records[0]["run_dir"], sweep.score_file("test", 1)))
+  assert [(r["run_dir"], r["status"]) for r in ended] == [(r["run_dir"], r["status"])
+                                                          for r in records]
+  assert ended[0]["score"] == saved and all("score" not in r for r in ended[1:])
+  assert len(train.calls) == calls
+  assert not any(os.path.exists(os.path.join(workdir, p.run_name)) for p in points
+                 if p.seed == 2)
+  rows = sweep_tables.summarize(ended, 1.0)
+  assert len(rows) == 4 and all(row["runs"] == 2 for row in rows)
+
+
 def test_values_take_the_type_of_their_key(data_dir):
   points = sweep_grid.plan(base_config(data_dir), [
       "model.cross_attention_scale=None,none", "optim.learning_rate=1e-3",

@@ -196,6 +196,25 @@ def score_runs(records: Sequence[dict[str, Any]], split: str, *, beam_size: int 
           if r["status"] == "finished" else dict(r) for r in records]
 
 
+def ended_records(points: Sequence[Point], workdir: str, score: Score | None = None
+                  ) -> list[dict[str, Any]]:
+  """The records of the points whose runs have ended, in the points' order, each with its
+  saved score (`score_run`'s file for `score`) where it has one; nothing is trained or
+  decoded. The tables of a study that spans sessions, before its last runs end."""
+  records = []
+  for p in points:
+    directory = run_dir(workdir, p)
+    status = _ended(p, directory)
+    if status is None:
+      continue
+    record = _record(p, directory, status)
+    saved = _read_json(os.path.join(directory, score_file(*score))) if score else None
+    if saved is not None:
+      record["score"] = saved
+    records.append(record)
+  return records
+
+
 def run_point(point: Point, directory: str, score: Score | None = None) -> dict[str, Any]:
   """The submitit job: `run_one` with the real training, in a fresh process."""
   from transformer import run_records  # noqa: PLC0415

@@ -27,7 +27,8 @@ dot_product/none,additive/inv_sqrt_dk --seeds=0,1 --workdir=docs/runs/dk_multi30
       --metric=eval_bleu --score_split=test
   # (a first pass with --seeds=0, then the second seed; test_2016_flickr is decoded once per
   # run as it finishes, every choice having been made on validation before the grid ran;
-  # the sweep directory is committed without its heavy files, so the study spans machines)
+  # the sweep directory is committed without its heavy files, so the study spans machines;
+  # the same command with --tables_only tabulates the runs that have ended, training nothing)
 
 Variants:
   mechanism  reversing digit strings (synthetic_seq2seq/reverse): every output token must
