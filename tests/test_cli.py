@@ -21,6 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
      "unknown attention scale 'bogus'"),
     ("experiments.sweep", ["--grid=model.d_fff=1,2"],
      "--grid=model.d_fff: unknown config key; did you mean model.d_ff?"),
+    ("experiments.sweep", ["--grid=model.attention_scale=none", "--tables_only"],
+     "error: --tables_only: no run of this sweep has ended in"),
     ("experiments.count_params", ["--vocab_size=0"], "--vocab_size=0 must be positive"),
 ])
 def test_bad_command_lines_fail_in_one_line(tmp_path, module, args, message):
