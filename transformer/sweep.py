@@ -263,14 +263,8 @@ def _run_submitit(points: Sequence[Point], workdir: str, *, timeout_min: int = 2
       gpus_per_node=gpus_per_run or None, tasks_per_node=1, cpus_per_task=cpus_per_run,
       mem_gb=mem_gb, slurm_partition=partition, slurm_account=account,
       slurm_array_parallelism=array_parallelism)
-  records: dict[str, dict[str, Any]] = {}
-  todo = []
-  for p in points:
-    status = _ended(p, run_dir(workdir, p))
-    if status is not None:  # reused without a job
-      records[p.run_name] = _record(p, run_dir(workdir, p), status)
-    else:
-      todo.append(p)
+  records = {r["run_dir"]: r for r in ended_records(points, workdir)}  # reused without a job
+  todo = [p for p in points if run_dir(workdir, p) not in records]
   wave = len(todo) if executor.cluster == "slurm" else array_parallelism
   for start in range(0, len(todo), max(wave, 1)):
     batch = todo[start:start + wave]
@@ -279,8 +273,8 @@ def _run_submitit(points: Sequence[Point], workdir: str, *, timeout_min: int = 2
     logging.info("submitted %d jobs (%s) to %s", len(jobs), executor.cluster,
                  ", ".join(j.job_id for j in jobs))
     for p, job in zip(batch, jobs):
-      records[p.run_name] = _collect(p, run_dir(workdir, p), job)
-  return [records[p.run_name] for p in points]
+      records[run_dir(workdir, p)] = _collect(p, run_dir(workdir, p), job)
+  return [records[run_dir(workdir, p)] for p in points]
 
 
 def _collect(point: Point, directory: str, job) -> dict[str, Any]:
