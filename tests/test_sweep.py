@@ -141,7 +141,8 @@ def test_tables_pivot_and_pictures(swept):
 
 
 def test_one_pivot_per_combination_of_the_other_keys():
-  rows = [{"values": {"a": a, "b": b, "c": c}, "eval_loss": (10.0 * i, 0.5, 2 if i != 7 else 0)}
+  seeds = {7: 0, 5: 1}  # no finished seed, one finished seed; the others two
+  rows = [{"values": {"a": a, "b": b, "c": c}, "eval_loss": (10.0 * i, 0.5, seeds.get(i, 2))}
           for i, (a, b, c) in enumerate((a, b, c) for a in (1, 2) for b in ("x", "y")
                                         for c in (None, True))]
   text = "\n".join(sweep_tables.pivots(rows, ["a", "b", "c"], "eval_loss"))
@@ -149,7 +150,7 @@ def test_one_pivot_per_combination_of_the_other_keys():
   none, true = text.index("c=None:"), text.index("c=True:")
   assert text.count("| a \\ b | x | y |") == 2
   assert text.index("| 1 | 0 ± 0.5 | 20 ± 0.5 |") in range(none, true)
-  assert text.index("| 2 | 50 ± 0.5 | n/a |") > true  # no finished seed: n/a
+  assert text.index("| 2 | 50 (n=1) | n/a |") > true  # one seed: no spread; none: n/a
   assert sweep_tables.pivots(rows, ["a"], "eval_loss") == []
 
 

@@ -1,9 +1,9 @@
 """A sweep's tables, rebuilt from its run directories: DIR/results.csv and DIR/results.md.
 
 One row per grid point (its seeds together): run counts by status, then each final
-metric as mean ± std over the finished seeds (the csv has mean, std and n columns). With
-two or more grid keys, results.md also pivots `--metric` over the first two keys, once
-for each combination of the other keys' values.
+metric as mean ± std over the finished seeds ("(n=1)" for a lone seed; the csv has mean,
+std and n columns). With two or more grid keys, results.md also pivots `--metric` over the
+first two keys, once for each combination of the other keys' values.
 """
 
 from __future__ import annotations
@@ -107,7 +107,9 @@ def _scored(records: list[dict[str, Any]]) -> str:
 def _fmt(cell: Any) -> str:
   if isinstance(cell, tuple):
     mean, std, n = cell
-    return "n/a" if n == 0 else f"{mean:.4g} ± {std:.2g}"
+    if n < 2:  # one seed has no spread: "± 0" would claim one
+      return "n/a" if n == 0 else f"{mean:.4g} (n=1)"
+    return f"{mean:.4g} ± {std:.2g}"
   return str(cell)
 
 
