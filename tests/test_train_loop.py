@@ -90,6 +90,46 @@ def test_sigterm_saves_exits_cleanly_and_resumes_exactly(reference, data_dir, tm
   fx.assert_bitwise_equal(fx.checkpoint_params(workdir, 6), fx.checkpoint_params(reference, 6))
 
 
+def test_the_loop_runs_at_most_two_steps_ahead_of_the_device(reference, data_dir, tmp_path,
+                                                             monkeypatch):
+  """Dispatch is asynchronous: before step k + 1 is dispatched, step k - 2 has been fetched
+  (waited for), even with no log line until the end, so a SIGTERM waits for <= 2 steps.
+  The metrics logged are those of the uninterrupted run."""
+  from transformer import data, parallel  # noqa: PLC0415
+  fetched, seen = [], []
+  original_fetch = parallel.DataParallel.fetch
+
+  def counting_fetch(self, tree):
+    if isinstance(tree, dict) and "nonfinite" in tree:  # a train step's metrics
+      fetched.append(tree)
+    return original_fetch(self, tree)
+
+  original_iterator = data.train_iterator
+
+  def recording_iterator(*args, **kwargs):
+    it = original_iterator(*args, **kwargs)
+    base = type(it)
+
+    class Recording(base):  # the same Grain iterator, so it checkpoints as one
+      def __next__(self):
+        seen.append(len(fetched))
+        return base.__next__(self)
+
+    it.__class__ = Recording
+    return it
+
+  monkeypatch.setattr(parallel.DataParallel, "fetch", counting_fetch)
+  monkeypatch.setattr(data, "train_iterator", recording_iterator)
+  workdir = str(tmp_path / "run")
+  config = fx.loop_config(data_dir, log_every_steps=6, eval_every_steps=6,
+                          checkpoint_every_steps=6)
+  train.train_and_evaluate(config, workdir)
+  assert seen == [0, 0, 0, 1, 2, 3]  # when batch j is drawn, j - 1 steps are dispatched
+  assert len(fetched) == 6
+  final = [r for r in run_records.read_metrics(workdir) if r["split"] == "train"]
+  assert [r["step"] for r in final] == [6]
+
+
 @pytest.mark.parametrize("damage", ["truncate", "checksum"])
 def test_corrupt_latest_checkpoint_falls_back(reference, data_dir, tmp_path, damage, caplog):
   workdir = str(tmp_path / "run")
