@@ -104,22 +104,9 @@ def test_the_loop_runs_at_most_two_steps_ahead_of_the_device(reference, data_dir
       fetched.append(tree)
     return original_fetch(self, tree)
 
-  original_iterator = data.train_iterator
-
-  def recording_iterator(*args, **kwargs):
-    it = original_iterator(*args, **kwargs)
-    base = type(it)
-
-    class Recording(base):  # the same Grain iterator, so it checkpoints as one
-      def __next__(self):
-        seen.append(len(fetched))
-        return base.__next__(self)
-
-    it.__class__ = Recording
-    return it
-
   monkeypatch.setattr(parallel.DataParallel, "fetch", counting_fetch)
-  monkeypatch.setattr(data, "train_iterator", recording_iterator)
+  monkeypatch.setattr(data, "train_iterator", fx.hooked_train_iterator(
+      data.train_iterator, lambda n: seen.append(len(fetched))))
   workdir = str(tmp_path / "run")
   config = fx.loop_config(data_dir, log_every_steps=6, eval_every_steps=6,
                           checkpoint_every_steps=6)

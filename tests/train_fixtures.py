@@ -86,6 +86,24 @@ def loop_config(data_dir: str, **overrides) -> ml_collections.ConfigDict:
   return set_keys(config, overrides)
 
 
+def hooked_train_iterator(original, hook):
+  """`data.train_iterator` whose iterators call hook(n) before they draw batch n (from 1).
+  The iterator keeps its Grain class underneath, so it still checkpoints as one."""
+  def wrapped(*args, **kwargs):
+    it = original(*args, **kwargs)
+    base = type(it)
+
+    class Hooked(base):
+      def __next__(self):
+        self._hooked_count = getattr(self, "_hooked_count", 0) + 1
+        hook(self._hooked_count)
+        return base.__next__(self)
+
+    it.__class__ = Hooked
+    return it
+  return wrapped
+
+
 def set_keys(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
   """config with {'section.key': value} overrides applied (in place)."""
   for key, value in overrides.items():

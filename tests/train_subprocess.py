@@ -34,24 +34,12 @@ def run_loop(spec):
   import train_fixtures  # noqa: PLC0415
   from transformer import data, train  # noqa: PLC0415
   if "signal_at" in spec:
-    original = data.train_iterator
     sig = getattr(signal, spec.get("signal", "SIGKILL"))
 
-    def wrapped(*args, **kwargs):
-      it = original(*args, **kwargs)
-      base = type(it)
-
-      class Tripwire(base):
-        """The same Grain iterator (so it checkpoints as one) that signals at batch K+1."""
-        def __next__(self):
-          self._tripwire_count = getattr(self, "_tripwire_count", 0) + 1
-          if self._tripwire_count == spec["signal_at"] + 1:
-            os.kill(os.getpid(), sig)
-          return base.__next__(self)
-
-      it.__class__ = Tripwire
-      return it
-    data.train_iterator = wrapped
+    def tripwire(n):  # signals as batch K + 1 is drawn
+      if n == spec["signal_at"] + 1:
+        os.kill(os.getpid(), sig)
+    data.train_iterator = train_fixtures.hooked_train_iterator(data.train_iterator, tripwire)
   config = train_fixtures.loop_config(spec["data_dir"], **spec.get("config", {}))
   result = train.train_and_evaluate(config, spec["workdir"])
   print(json.dumps({"step": result["step"], "preempted": result.get("preempted", False)}))
