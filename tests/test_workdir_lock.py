@@ -21,6 +21,9 @@ from transformer import run as run_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
+# Deadlines, not sleeps: generous, so that a loaded machine (the suite beside a training) is
+# slow here rather than failing; a run that never trains still fails.
+DEADLINE_S = 600
 
 
 def _config_file(path, data_dir, **overrides):
@@ -53,23 +56,21 @@ def contested(tmp_path_factory):
               checkpoint_every_steps=10**6)
   cmd = lambda config: [sys.executable, "-m", "experiments.train",  # noqa: E731
                         f"--config={config}", f"--workdir={workdir}"]
-  # Deadlines, not sleeps: generous, so that a loaded machine (the suite beside a training)
-  # is slow here rather than failing; a run that never trains still fails.
   a = subprocess.Popen(cmd(_config_file(tmp / "a.py", data_dir, **long)), env=env, cwd=ROOT,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
     metrics = os.path.join(workdir, "metrics.jsonl")
     _wait_for(lambda: a.poll() is not None or (
-        os.path.exists(metrics) and '"train"' in open(metrics).read()), 600, "A to train")
+        os.path.exists(metrics) and '"train"' in open(metrics).read()), DEADLINE_S, "A to train")
     assert a.poll() is None, a.communicate()[1][-3000:]
     holder = json.loads(open(os.path.join(workdir, workdir_lock.LOCK_FILE)).read())
     start = time.monotonic()
     b = subprocess.run(cmd(_config_file(tmp / "b.py", data_dir, **long)), env=env, cwd=ROOT,
-                       capture_output=True, text=True, timeout=600)
+                       capture_output=True, text=True, timeout=DEADLINE_S)
     b_seconds = time.monotonic() - start
     a_alive_after_b = a.poll() is None
     a.send_signal(signal.SIGTERM)
-    a_out, a_err = a.communicate(timeout=600)
+    a_out, a_err = a.communicate(timeout=DEADLINE_S)
   finally:
     if a.poll() is None:
       a.kill()
