@@ -102,6 +102,14 @@ def test_probe_pictures_label_tokens_or_positions(workdir, tmp_path):
   assert path == str(tmp_path / "attention_maps.png")
   assert _png_size(path) == _png_size(tmp_path / "rows.png")  # the same two rows
   assert attention_maps.plot_probe_maps(records[:1], str(tmp_path / "none")) is None
+  # A rebuild that finds fewer probe files (they are not committed) keeps the picture.
+  drawn = (tmp_path / "attention_maps.png").read_bytes()
+  fewer = records + [{"run_dir": str(tmp_path / "none"), "name": "lost"}]
+  assert attention_maps.plot_probe_maps(fewer, str(tmp_path)) == path
+  assert (tmp_path / "attention_maps.png").read_bytes() == drawn
+  os.remove(path)  # nothing to keep: the runs that have probes are drawn
+  assert attention_maps.plot_probe_maps(fewer, str(tmp_path)) == path
+  assert _png_size(path) == _png_size(tmp_path / "rows.png")
 
 
 def test_translate_draws_each_layers_cross_attention(workdir, run, tmp_path):

@@ -219,16 +219,25 @@ def probe_row(path: str, name: str) -> Row | PatchRow:
 def plot_probe_maps(records: list[dict[str, Any]], workdir: str) -> str | None:
   """WORKDIR/attention_maps.png: one row per distinct `name`, from its first run with a probe
   file; returns the path (None when no run has one). Image runs: the last encoder layer's
-  attention over the probe image's patches (`plot_patch_maps`)."""
-  rows = []
+  attention over the probe image's patches (`plot_patch_maps`).
+
+  Probe files are not committed with a study's records, so a rebuild on another machine may
+  find only some of them: then an existing picture is kept rather than redrawn with fewer
+  rows."""
+  rows, missing = [], []
   for name in dict.fromkeys(r["name"] for r in records):
     paths = [os.path.join(r["run_dir"], PROBE_FILE) for r in records if r["name"] == name]
     path = next((p for p in paths if os.path.exists(p)), None)
     if path:
       rows.append(probe_row(path, name))
+    else:
+      missing.append(name)
+  out = os.path.join(workdir, "attention_maps.png")
+  if missing and os.path.exists(out):
+    logging.warning("%s kept: no %s for %s", out, PROBE_FILE, ", ".join(missing))
+    return out
   if not rows:
     return None
-  out = os.path.join(workdir, "attention_maps.png")
   if all(isinstance(r, PatchRow) for r in rows):
     plot_patch_maps(rows, out, "The probe image's attention over its patches (last evaluation)")
   else:
