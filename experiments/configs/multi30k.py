@@ -13,7 +13,8 @@ configuration tried, with its validation score). Recorded at commit 2a20596 on a
 validation 38.08 with `python -m experiments.evaluate --workdir=DIR --split=validation
 --beam_size=6 --alpha=1.0`, then test_2016_flickr decoded once with the same flags:
 sacreBLEU 36.42, chrF 60.43 (the previous recipe, dropout 0.1 and label smoothing 0.1:
-36.03 with beam 4, alpha 0.6, validation 36.09).
+36.03 with beam 4, alpha 0.6, validation 36.09). A second seed (`--config.seed=1`): validation
+37.10, test 36.75, chrF 60.96; over the two, test 36.59 +- 0.23, validation 37.59 +- 0.69.
 """
 
 import ml_collections
