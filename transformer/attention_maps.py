@@ -224,18 +224,16 @@ def plot_probe_maps(records: list[dict[str, Any]], workdir: str) -> str | None:
   Probe files are not committed with a study's records, so a rebuild on another machine may
   find only some of them: then an existing picture is kept rather than redrawn with fewer
   rows."""
-  rows, missing = [], []
+  probes = {}  # name -> its first run's probe file, or None
   for name in dict.fromkeys(r["name"] for r in records):
     paths = [os.path.join(r["run_dir"], PROBE_FILE) for r in records if r["name"] == name]
-    path = next((p for p in paths if os.path.exists(p)), None)
-    if path:
-      rows.append(probe_row(path, name))
-    else:
-      missing.append(name)
+    probes[name] = next((p for p in paths if os.path.exists(p)), None)
+  missing = [name for name, path in probes.items() if path is None]
   out = os.path.join(workdir, "attention_maps.png")
   if missing and os.path.exists(out):
     logging.warning("%s kept: no %s for %s", out, PROBE_FILE, ", ".join(missing))
     return out
+  rows = [probe_row(path, name) for name, path in probes.items() if path]
   if not rows:
     return None
   if all(isinstance(r, PatchRow) for r in rows):
