@@ -51,7 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
       max_source_length=64, max_target_length=64, pack=True))
 
   # A short budget: a short warmup and a cosine decay to zero at the last step (Eq. 3's
-  # 4,000 warmup steps would take the whole hour).
+  # 4,000 warmup steps are more than the whole run).
   config.optim.update(dict(schedule="warmup_cosine", learning_rate=1.5e-3, warmup_steps=250,
                            end_learning_rate=0.0, grad_clip_norm=1.0))
   return config
