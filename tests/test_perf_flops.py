@@ -68,3 +68,22 @@ def test_formula_agrees_with_xla_cost_analysis():
   for fn, mine in ((forward, expected.forward), (backward, expected.train)):
     ratio = _xla_flops(fn, params) / mine
     assert 1.0 <= ratio < 1.03, ratio
+
+
+def test_multi30k_recipes_fit_their_compute_budgets():
+  """Issue 16's budgets: the d_model-256 recipe's 1,900 steps of 96.44 GFLOP, and half."""
+  from experiments.configs import multi30k  # noqa: PLC0415
+  from transformer import optim, settings  # noqa: PLC0415
+  budget = 1900 * 96_435_437_568
+  for variant, share in (("full", 1.0), ("half", 0.5)):
+    config = multi30k.get_config(variant)
+    config.data.path = "multi30k"  # required, never opened here
+    cfg, data_cfg, optim_cfg, _ = settings.resolve(config)
+    model_cfg = settings.model_config(cfg, data_cfg.vocab_size)
+    step = flops.step_flops(model_cfg, cfg.batch_size, data_cfg.max_source_length,
+                            data_cfg.max_target_length).train
+    assert 0.995 * share * budget < cfg.num_train_steps * step <= share * budget, variant
+    rate = optim.make_schedule(optim_cfg, model_cfg.d_model, cfg.num_train_steps)
+    end = float(rate(cfg.num_train_steps)) / optim_cfg.learning_rate
+    # full: the cosine reaches zero; half: the full cosine cut at its midpoint, ~0.53 of peak.
+    assert end == pytest.approx(0.0 if variant == "full" else 0.5, abs=0.05), variant
