@@ -23,8 +23,8 @@ test 37.61 +- 0.30, validation 38.39 +- 0.19 (commit 36e95ef and before).
 2,926, so it ends at 8e-4 instead of zero; its last 3 checkpoints are averaged before
 decoding (`python -m experiments.average_checkpoints --workdir=DIR --last=3`, then
 `experiments.evaluate ... --checkpoint=averaged --beam_size=6 --alpha=1.0`). Seeds 0 / 1,
-recorded as flags at commit c8aa954: validation 37.79 / 36.72, test 36.80 / 37.03 (chrF
-61.01 / 61.15), 36.92 +- 0.16; 36 min on the same machine.
+recorded as flags at commits bcf3695 / c8aa954: validation 37.79 / 36.72, test 36.80 /
+37.03 (chrF 61.01 / 61.15), 36.92 +- 0.16; 36 min on the same machine.
 """
 
 import ml_collections
