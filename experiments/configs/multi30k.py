@@ -16,13 +16,13 @@ decoding:
   python -m experiments.evaluate --workdir=DIR --checkpoint=averaged --split=test \
       --beam_size=6 --alpha=1.0
 
-Recorded with this config's resolved values (given as flags at commits c8aa954 and c5bab47)
-on a 2-core Zen 3 EPYC (matmul ceiling 127-158 GFLOP/s): 1.83e14 model FLOPs, 4,125 steps,
-7.89 M target tokens, 62 min. Seeds 0 / 1 / 2: validation 39.43 / 38.33 / 39.09 (38.95 +-
-0.56), then test_2016_flickr decoded once each: sacreBLEU 38.62 / 38.18 / 38.01, 38.27 +-
-0.31, chrF 62.40 +- 0.25. The previous recipe, the same with the cosine to zero and the
-last checkpoint decoded: validation 38.47 +- 0.45 (three seeds), test 37.88 +- 0.12 (two;
-commit 40c55f6 and before).
+Recorded with this config's resolved values (given as flags at commits c8aa954 and c5bab47;
+this file reproduced seed 0 bit for bit at d29516e) on a 2-core Zen 3 EPYC (matmul ceiling
+112-158 GFLOP/s): 1.83e14 model FLOPs, 4,125 steps, 7.89 M target tokens, 62-66 min. Seeds
+0 / 1 / 2: validation 39.43 / 38.33 / 39.09 (38.95 +- 0.56), then test_2016_flickr decoded
+once each: sacreBLEU 38.62 / 38.18 / 38.01, 38.27 +- 0.31, chrF 62.40 +- 0.25. The previous
+recipe, the same with the cosine to zero and the last checkpoint decoded: validation 38.47
++- 0.45 (three seeds), test 37.88 +- 0.12 (two; commit 40c55f6 and before).
 
 `multi30k.py:half` is the recipe for half that compute (9.16e13 model FLOPs): d_model 128,
 2 heads, d_ff 512, 2,926 steps, the same cut cosine and averaging. Seeds 0 / 1, recorded as
