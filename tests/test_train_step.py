@@ -25,20 +25,30 @@ def _numpy_smoothed_ce(logits, targets, eps):
 
 
 @pytest.mark.parametrize("eps", [0.0, 0.1])
-def test_smoothed_cross_entropy_and_its_gradient_match_numpy(eps):
+def test_cross_entropy_and_its_gradient_match_numpy(eps):
   rng = np.random.RandomState(4)
   logits = (4 * rng.randn(2, 5, 11)).astype(np.float32)
   targets = rng.randint(0, 11, (2, 5)).astype(np.int32)
-  loss = losses.smoothed_cross_entropy(jnp.asarray(logits), jnp.asarray(targets), eps)
+  loss, nll = losses.cross_entropy(jnp.asarray(logits), jnp.asarray(targets), eps)
   wide = logits.astype(np.float64)
   np.testing.assert_allclose(loss, _numpy_smoothed_ce(wide, targets, eps), rtol=1e-5)
+  np.testing.assert_allclose(nll, _numpy_smoothed_ce(wide, targets, 0.0), rtol=1e-5)
   # d loss / d logits = softmax - smoothed target.
-  grad = jax.grad(lambda z: losses.smoothed_cross_entropy(z, jnp.asarray(targets), eps).sum())(
+  grad = jax.grad(lambda z: losses.cross_entropy(z, jnp.asarray(targets), eps)[0].sum())(
       jnp.asarray(logits))
   p = np.exp(wide - wide.max(-1, keepdims=True))
   p /= p.sum(-1, keepdims=True)
   np.testing.assert_allclose(grad, p - _numpy_smoothed_target(wide.shape, targets, eps),
                              atol=1e-6)
+
+
+def test_cross_entropy_is_finite_for_huge_logits():
+  # logsumexp subtracts the row max: exp(1e4) would overflow float32, the loss must not.
+  logits = np.array([[[1e4, 0.0, -1e4], [2.0, 1e4, 1e4]]], np.float32)
+  targets = np.array([[0, 2]], np.int32)
+  loss, nll = losses.cross_entropy(jnp.asarray(logits), jnp.asarray(targets), 0.0)
+  np.testing.assert_allclose(nll, [[0.0, np.log(2.0)]], atol=1e-3)  # float32 spacing at 1e4
+  np.testing.assert_array_equal(loss, nll)
 
 
 def test_one_step_matches_a_numpy_loss_and_updates_params():
