@@ -172,6 +172,26 @@ def test_self_time_excludes_nested_events_and_unnamed_ones():
   assert times == {"while.1": 30, "fusion.2": 50, "fusion.3": 45, "dot.4": 10}
 
 
+def test_innermost_segments_name_each_stretch_by_the_deepest_open_event():
+  line = [(0, 100, "while.1"), (10, 20, "fusion.2"), (40, 50, "fusion.3"), (50, 10, "dot.4")]
+  assert step_profile.innermost_segments(line) == [
+      (0, 10, "while.1"), (10, 30, "fusion.2"), (30, 40, "while.1"), (40, 50, "fusion.3"),
+      (50, 60, "dot.4"), (60, 90, "fusion.3"), (90, 100, "while.1")]
+
+
+def test_running_at_once_counts_overlap_across_threads_and_time_alone():
+  # Thread 1: a (0-40), b (60-100, holding a pool event). Thread 2: c (30-70), inside an
+  # executor event. Neither of those is an instruction. c runs alone 40-60.
+  lines = [[(0, 40, "a"), (60, 40, "b"), (70, 5, "ThreadpoolListener::Record")],
+           [(0, 100, "ThunkExecutor::Execute"), (30, 40, "c")]]
+  occupancy, alone = step_profile.running_at_once(lines, {"a", "b", "c"})
+  assert occupancy == {0: 0, 1: 30 + 20 + 30, 2: 10 + 10}
+  assert alone == {"a": 30, "c": 20, "b": 30}
+  # A gap with nothing running counts as none.
+  occupancy, alone = step_profile.running_at_once([[(0, 10, "a"), (30, 10, "b")]], {"a", "b"})
+  assert occupancy == {0: 20, 1: 20, 2: 0} and alone == {"a": 10, "b": 10}
+
+
 @pytest.mark.parametrize("op_name,shape,expected", [
     ("jit(f)/jvp(Transformer)/Transformer.decode/Transformer.decode_embedded/target_embed.attend/"
      "btm,vm->btv/dot_general", "f32[256,64]{1,0}", step_profile.VOCAB),
@@ -201,11 +221,14 @@ def test_instructions_are_attributed_by_name_stack_and_shape(op_name, shape, exp
 def test_profile_attributes_the_traced_steps_op_time(tmp_path):
   config = benchmark_base.get_config("tiny")
   figures = benchmark.run(config, steps=1, log=lambda _: None, profile_dir=str(tmp_path))
-  rows = figures.profile
+  rows = figures.profile.rows
   assert {r.category for r in rows} <= set(step_profile.CATEGORIES)
+  assert sum(figures.profile.running.values()) == pytest.approx(1.0)
+  assert all(0 <= r.alone_ms_per_step <= r.ms_per_step + 1e-6 for r in rows)
   assert sum(r.share for r in rows) == pytest.approx(1.0)
   by = {r.category: r for r in rows}
   for part in (step_profile.VOCAB, step_profile.ATTENTION, step_profile.FFN,
                step_profile.NORM, step_profile.OPTIMIZER):
     assert by[part].ms_per_step > 0, part
   assert "op time per step" in benchmark.report(figures)
+  assert "running at once" in benchmark.report(figures)

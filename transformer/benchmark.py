@@ -63,7 +63,7 @@ class Figures:
   peak_memory_kind: str
   step_temp_bytes: int          # XLA's memory analysis of the compiled step: temporaries
   step_argument_bytes: int      # ... and arguments (state, batch), per device
-  profile: list | None = None   # step_profile.Row per part of the step (with profile_dir)
+  profile: Any = None           # step_profile.Profile (with profile_dir)
 
   @property
   def median_step_s(self) -> float:

@@ -7,7 +7,13 @@ instruction's `op_name`: the JAX name stack, which holds the Flax module path (f
 `transpose(...)` backward). Each event's self time (its duration less the events nested
 in it on the same thread) is summed per instruction, and instructions are grouped by
 `category`. Events on different threads may overlap, so the table gives shares of the
-summed op time, not of the wall time.
+summed op time, not of the wall time. What runs when is the other half of the story
+(`running_at_once`): the share of the traced time with no instruction, one, or several
+running, and each part's time running alone, which is where the step waits on it.
+
+On CPU, Eigen's dot thunks may complete asynchronously on a pool thread: their events can
+cover the dispatch rather than the work, so on several cores they read short (BUILD_NOTES,
+issue 16); a one-core run (`taskset -c 0`) times every instruction in full.
 """
 
 from __future__ import annotations
@@ -105,41 +111,100 @@ def trace_events(trace_path: str) -> list[list[tuple[int, int, str]]]:
           for plane in profile.planes for line in plane.lines]
 
 
+def innermost_segments(events: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+  """One line's time as (start_ns, end_ns, name) pieces, each named by the innermost event
+  open over it (events nest on a line: a loop holds its body's instructions)."""
+  points = sorted({t for start, duration, _ in events for t in (start, start + duration)})
+  ordered = sorted(events, key=lambda e: (e[0], -e[1]))
+  segments, stack, i = [], [], 0
+  for a, b in zip(points, points[1:]):
+    while i < len(ordered) and ordered[i][0] <= a:
+      stack.append((ordered[i][0] + ordered[i][1], ordered[i][2]))
+      i += 1
+    stack = [(end, name) for end, name in stack if end > a]
+    if stack:
+      segments.append((a, b, stack[-1][1]))
+  return segments
+
+
+def running_at_once(lines: list[list[tuple[int, int, str]]], names: set[str]
+                    ) -> tuple[dict[int, int], dict[str, int]]:
+  """({0, 1, 2: ns with that many of the named instructions running, 2 meaning 2 or more},
+  {name: ns it ran with no other named instruction running}), over all lines, from the
+  first named instruction's start to the last one's end."""
+  edges = []
+  for events in lines:  # other events (the executor's, the pool's) neither count nor hide
+    for start, end, name in innermost_segments([e for e in events if e[2] in names]):
+      edges += [(start, 1, name), (end, -1, name)]
+  occupancy = {0: 0, 1: 0, 2: 0}
+  alone: collections.Counter = collections.Counter()
+  running: collections.Counter = collections.Counter()
+  edges.sort(key=lambda e: (e[0], e[1]))  # at equal times, ends before starts
+  for i, (t, delta, name) in enumerate(edges[:-1]):
+    running[name] += delta
+    if not running[name]:
+      del running[name]
+    count, dt = sum(running.values()), edges[i + 1][0] - t
+    occupancy[min(count, 2)] += dt
+    if count == 1:
+      alone[next(iter(running))] += dt
+  return occupancy, dict(alone)
+
+
 @dataclasses.dataclass
 class Row:
   category: str
   ms_per_step: float
   share: float
   top: list[tuple[str, float]]  # the largest instructions: (name: op_name, ms per step)
+  alone_ms_per_step: float = 0.0  # time its instructions ran with no other one running
 
 
-def breakdown(profile_dir: str, hlo_text: str, steps: int, vocab_size: int) -> list[Row]:
-  """Op time per step by category, largest first, from the newest trace under profile_dir."""
+@dataclasses.dataclass
+class Profile:
+  rows: list[Row]               # by op time, largest first
+  running: dict[int, float]     # {0, 1, 2 (or more): share of the traced time}
+
+
+def breakdown(profile_dir: str, hlo_text: str, steps: int, vocab_size: int) -> Profile:
+  """Op time per step by category, largest first, and how many instructions ran at once,
+  from the newest trace under profile_dir."""
   traces = sorted(glob.glob(os.path.join(profile_dir, "**", "*.xplane.pb"), recursive=True),
                   key=os.path.getmtime)
   if not traces:
     raise FileNotFoundError(f"no *.xplane.pb trace under {profile_dir}")
   instructions = hlo_instructions(hlo_text)
-  times = self_times_ns(trace_events(traces[-1]), set(instructions))
+  lines = trace_events(traces[-1])
+  times = self_times_ns(lines, set(instructions))
+  occupancy, alone = running_at_once(lines, set(instructions))
+  part = {name: category(*instructions[name], vocab_size) for name in instructions}
   by_category: dict[str, list[tuple[str, float]]] = collections.defaultdict(list)
   for name, ns in times.items():
     op_name, shape = instructions[name]
-    by_category[category(op_name, shape, vocab_size)].append(
-        (f"{name} {shape}: {op_name}", ns / 1e6 / steps))
+    by_category[part[name]].append((f"{name} {shape}: {op_name}", ns / 1e6 / steps))
+  alone_ms: collections.Counter = collections.Counter()
+  for name, ns in alone.items():
+    alone_ms[part[name]] += ns / 1e6 / steps
   ms_by_category = {c: sum(ms for _, ms in ops) for c, ops in by_category.items()}
   total = sum(ms_by_category.values()) or 1.0
   rows = [Row(c, ms_by_category[c], ms_by_category[c] / total,
-              sorted(ops, key=lambda x: -x[1])[:3])
+              sorted(ops, key=lambda x: -x[1])[:3], alone_ms[c])
           for c, ops in by_category.items()]
-  return sorted(rows, key=lambda r: -r.ms_per_step)
+  span = sum(occupancy.values()) or 1
+  return Profile(sorted(rows, key=lambda r: -r.ms_per_step),
+                 {k: ns / span for k, ns in occupancy.items()})
 
 
-def report(rows: list[Row], top: bool = True) -> str:
+def report(profile: Profile, top: bool = True) -> str:
   """The breakdown as aligned lines (with each category's largest instructions)."""
-  lines = [f"{'op time per step':>17s}: {sum(r.ms_per_step for r in rows):.1f} ms summed over "
-           "threads, by part of the step:"]
-  for r in rows:
-    lines.append(f"{100 * r.share:16.1f}%  {r.ms_per_step:8.1f} ms  {r.category}")
+  rows, r = profile.rows, profile.running
+  lines = [f"{'op time per step':>17s}: {sum(x.ms_per_step for x in rows):.1f} ms summed over "
+           "threads, by part of the step (alone: while no other instruction ran):"]
+  for x in rows:
+    lines.append(f"{100 * x.share:16.1f}%  {x.ms_per_step:8.1f} ms  (alone {x.alone_ms_per_step:6.1f}"
+                 f" ms)  {x.category}")
     if top:
-      lines += [f"{'':30s}{ms:8.1f} ms  {what[:140]}" for what, ms in r.top]
+      lines += [f"{'':30s}{ms:8.1f} ms  {what[:140]}" for what, ms in x.top]
+  lines.append(f"{'running at once':>17s}: no instruction {100 * r[0]:.0f}%, one {100 * r[1]:.0f}%,"
+               f" two or more {100 * r[2]:.0f}% of the traced time")
   return "\n".join(lines)
