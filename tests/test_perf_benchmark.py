@@ -162,11 +162,13 @@ def test_compile_only_prints_the_phases_and_runs_no_step():
   assert re.search(r"\(trace and lower [\d.]+ \+ XLA [\d.]+;", pmap.stdout), pmap.stdout
 
 
-def test_self_time_excludes_nested_events_and_unnamed_ones():
+def test_self_time_excludes_nested_instructions_and_counts_no_other_event():
   # One thread: a loop (0-100) holding two ops (10-30, 40-90, the second holding a third);
-  # an executor event around everything is not an instruction and is not counted.
+  # an executor event around everything and a pool event inside dot.4 are not instructions:
+  # neither counted nor subtracted.
   line = [(0, 200, "ThunkExecutor::Execute"), (0, 100, "while.1"), (10, 20, "fusion.2"),
-          (40, 50, "fusion.3"), (50, 10, "dot.4"), (120, 30, "fusion.2")]
+          (40, 50, "fusion.3"), (50, 10, "dot.4"), (52, 3, "ThreadpoolListener::Record"),
+          (120, 30, "fusion.2")]
   times = step_profile.self_times_ns([line, [(0, 5, "fusion.3")]],
                                      {"while.1", "fusion.2", "fusion.3", "dot.4"})
   assert times == {"while.1": 30, "fusion.2": 50, "fusion.3": 45, "dot.4": 10}

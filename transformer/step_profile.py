@@ -86,26 +86,14 @@ def category(op_name: str, shape: str, vocab_size: int) -> str:
 
 def self_times_ns(lines: list[list[tuple[int, int, str]]], names: set[str]) -> dict[str, int]:
   """{name: summed self time in ns} of the events named in `names`; each line (thread) is a
-  list of (start_ns, duration_ns, name), and an event's self time excludes the events
-  nested in it on its line."""
+  list of (start_ns, duration_ns, name), and an event's self time excludes the named events
+  nested in it on its line (the runtime's own events, such as the pool's, count as the
+  instruction's time: it was running)."""
   totals: collections.Counter = collections.Counter()
   for events in lines:
-    stack: list[list] = []  # the open events: [name, end_ns, duration_ns, children's ns]
-    for start, duration, name in sorted(events, key=lambda e: (e[0], -e[1])):
-      while stack and stack[-1][1] <= start:
-        _close(stack, totals, names)
-      if stack:
-        stack[-1][3] += duration
-      stack.append([name, start + duration, duration, 0])
-    while stack:
-      _close(stack, totals, names)
+    for start, end, name in innermost_segments([e for e in events if e[2] in names]):
+      totals[name] += end - start
   return dict(totals)
-
-
-def _close(stack: list[list], totals: collections.Counter, names: set[str]) -> None:
-  name, _, duration, children = stack.pop()
-  if name in names:
-    totals[name] += max(duration - children, 0)
 
 
 def trace_events(trace_path: str) -> list[list[tuple[int, int, str]]]:
