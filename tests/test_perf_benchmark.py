@@ -169,8 +169,8 @@ def test_self_time_excludes_nested_instructions_and_counts_no_other_event():
   line = [(0, 200, "ThunkExecutor::Execute"), (0, 100, "while.1"), (10, 20, "fusion.2"),
           (40, 50, "fusion.3"), (50, 10, "dot.4"), (52, 3, "ThreadpoolListener::Record"),
           (120, 30, "fusion.2")]
-  times = step_profile.self_times_ns([line, [(0, 5, "fusion.3")]],
-                                     {"while.1", "fusion.2", "fusion.3", "dot.4"})
+  times = step_profile.self_times_ns(step_profile.instruction_segments(
+      [line, [(0, 5, "fusion.3")]], {"while.1", "fusion.2", "fusion.3", "dot.4"}))
   assert times == {"while.1": 30, "fusion.2": 50, "fusion.3": 45, "dot.4": 10}
 
 
@@ -186,11 +186,13 @@ def test_running_at_once_counts_overlap_across_threads_and_time_alone():
   # executor event. Neither of those is an instruction. c runs alone 40-60.
   lines = [[(0, 40, "a"), (60, 40, "b"), (70, 5, "ThreadpoolListener::Record")],
            [(0, 100, "ThunkExecutor::Execute"), (30, 40, "c")]]
-  occupancy, alone = step_profile.running_at_once(lines, {"a", "b", "c"})
+  occupancy, alone = step_profile.running_at_once(
+      step_profile.instruction_segments(lines, {"a", "b", "c"}))
   assert occupancy == {0: 0, 1: 30 + 20 + 30, 2: 10 + 10}
   assert alone == {"a": 30, "c": 20, "b": 30}
   # A gap with nothing running counts as none.
-  occupancy, alone = step_profile.running_at_once([[(0, 10, "a"), (30, 10, "b")]], {"a", "b"})
+  occupancy, alone = step_profile.running_at_once(
+      step_profile.instruction_segments([[(0, 10, "a"), (30, 10, "b")]], {"a", "b"}))
   assert occupancy == {0: 20, 1: 20, 2: 0} and alone == {"a": 10, "b": 10}
 
 

@@ -4,8 +4,8 @@ The CPU runtime records one trace event per executed HLO instruction (a fusion, 
 a copy, a loop), named as in the compiled module. The compiled HLO text carries each
 instruction's `op_name`: the JAX name stack, which holds the Flax module path (for example
 `.../decoder_0/ffn_sublayer/norm/...`) and the transformation (`jvp(...)` forward,
-`transpose(...)` backward). Each event's self time (its duration less the events nested
-in it on the same thread) is summed per instruction, and instructions are grouped by
+`transpose(...)` backward). Each event's self time (its duration less the instructions
+nested in it on the same thread) is summed per instruction, and instructions are grouped by
 `category`. Events on different threads may overlap, so the table gives shares of the
 summed op time, not of the wall time. What runs when is the other half of the story
 (`running_at_once`): the share of the traced time with no instruction, one, or several
@@ -84,15 +84,13 @@ def category(op_name: str, shape: str, vocab_size: int) -> str:
   return MODEL_OTHER
 
 
-def self_times_ns(lines: list[list[tuple[int, int, str]]], names: set[str]) -> dict[str, int]:
-  """{name: summed self time in ns} of the events named in `names`; each line (thread) is a
-  list of (start_ns, duration_ns, name), and an event's self time excludes the named events
-  nested in it on its line (the runtime's own events, such as the pool's, count as the
+def self_times_ns(segments: list[tuple[int, int, str]]) -> dict[str, int]:
+  """{name: summed self time in ns} from `instruction_segments`: an instruction's time less
+  the instructions nested in it (the runtime's own events, such as the pool's, count as the
   instruction's time: it was running)."""
   totals: collections.Counter = collections.Counter()
-  for events in lines:
-    for start, end, name in innermost_segments([e for e in events if e[2] in names]):
-      totals[name] += end - start
+  for start, end, name in segments:
+    totals[name] += end - start
   return dict(totals)
 
 
@@ -119,15 +117,21 @@ def innermost_segments(events: list[tuple[int, int, str]]) -> list[tuple[int, in
   return segments
 
 
-def running_at_once(lines: list[list[tuple[int, int, str]]], names: set[str]
+def instruction_segments(lines: list[list[tuple[int, int, str]]], names: set[str]
+                         ) -> list[tuple[int, int, str]]:
+  """The `innermost_segments` of the events named in `names` (the instructions), line by
+  line (each line a thread's list of (start_ns, duration_ns, name)); other events (the
+  executor's, the pool's) neither count nor hide an instruction."""
+  return [segment for events in lines
+          for segment in innermost_segments([e for e in events if e[2] in names])]
+
+
+def running_at_once(segments: list[tuple[int, int, str]]
                     ) -> tuple[dict[int, int], dict[str, int]]:
-  """({0, 1, 2: ns with that many of the named instructions running, 2 meaning 2 or more},
-  {name: ns it ran with no other named instruction running}), over all lines, from the
-  first named instruction's start to the last one's end."""
-  edges = []
-  for events in lines:  # other events (the executor's, the pool's) neither count nor hide
-    for start, end, name in innermost_segments([e for e in events if e[2] in names]):
-      edges += [(start, 1, name), (end, -1, name)]
+  """({0, 1, 2: ns with that many instructions running, 2 meaning 2 or more}, {name: ns it
+  ran with no other instruction running}), from `instruction_segments`, from the first
+  instruction's start to the last one's end."""
+  edges = [edge for start, end, name in segments for edge in ((start, 1, name), (end, -1, name))]
   occupancy = {0: 0, 1: 0, 2: 0}
   alone: collections.Counter = collections.Counter()
   running: collections.Counter = collections.Counter()
@@ -166,9 +170,9 @@ def breakdown(profile_dir: str, hlo_text: str, steps: int, vocab_size: int) -> P
   if not traces:
     raise FileNotFoundError(f"no *.xplane.pb trace under {profile_dir}")
   instructions = hlo_instructions(hlo_text)
-  lines = trace_events(traces[-1])
-  times = self_times_ns(lines, set(instructions))
-  occupancy, alone = running_at_once(lines, set(instructions))
+  segments = instruction_segments(trace_events(traces[-1]), set(instructions))
+  times = self_times_ns(segments)
+  occupancy, alone = running_at_once(segments)
   part = {name: category(*instructions[name], vocab_size) for name in instructions}
   by_category: dict[str, list[tuple[str, float]]] = collections.defaultdict(list)
   for name, ns in times.items():
