@@ -54,6 +54,7 @@ class Figures:
   fusions: int                   # XLA fusions in the compiled step
   step_times_s: list[float]
   step_cpu_s: list[float]       # this process's CPU seconds per step (all threads)
+  step_page_faults: list[int]   # this process's minor page faults per step (host memory)
   model_flops_per_step: int
   ceiling_flops: float          # FLOP/s the MFU is measured against
   ceiling_kind: str             # 'measured float32 matmul' or 'published bf16 peak'
@@ -269,14 +270,15 @@ def run(config: Any, steps: int, log=print, profile_dir: str | None = None) -> F
   for _ in range(opts["warmup_steps"]):
     state, metrics = compiled(state, batch, rng)
   jax.block_until_ready(state)
-  times, cpu_times, rates, cpu_rates = [], [], [], []
+  times, cpu_times, faults, rates, cpu_rates = [], [], [], [], []
   for i in range(max(steps, opts["matmul_repeats"])):
     if i < steps:
-      wall, cpu = time.perf_counter(), time.process_time()
+      wall, cpu, fault = time.perf_counter(), time.process_time(), _minor_faults()
       state, metrics = compiled(state, batch, rng)
       jax.block_until_ready((state, metrics))
       times.append(time.perf_counter() - wall)
       cpu_times.append(time.process_time() - cpu)
+      faults.append(_minor_faults() - fault)
     if i < opts["matmul_repeats"]:
       flop, wall, cpu = matmul()
       rates.append(flop / wall)
@@ -302,11 +304,16 @@ def run(config: Any, steps: int, log=print, profile_dir: str | None = None) -> F
       batch=setup.batch_size, source_length=0 if model_cfg.decoder_only else src,
       target_length=tgt, compile_s=compile_s, compile_cpu_s=compile_cpu_s,
       compile_phases_s=phases, fusions=count_fusions(compiled), step_times_s=times,
-      step_cpu_s=cpu_times, matmul_cpu_flops=statistics.median(cpu_rates),
+      step_cpu_s=cpu_times, step_page_faults=faults, matmul_cpu_flops=statistics.median(cpu_rates),
       model_flops_per_step=flops.step_flops(model_cfg, setup.batch_size, src, tgt).train,
       ceiling_flops=ceiling, ceiling_kind=ceiling_kind, matmul_flops=measured,
       peak_memory_bytes=int(mem), peak_memory_kind=mem_kind, profile=profile,
       **step_memory(compiled))
+
+
+def _minor_faults() -> int:
+  """This process's minor page faults so far (pages mapped on first touch)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def step_memory(compiled: Any) -> dict[str, int]:
@@ -337,6 +344,8 @@ def report(f: Figures) -> str:
       ("CPU-time MFU", f"{100 * f.cpu_time_mfu:.1f}% (per CPU second of this process: "
                        f"step {statistics.median(f.step_cpu_s):.2f} s, matmul "
                        f"{f.matmul_cpu_flops / 1e9:.2f} GFLOP/CPU-s)"),
+      ("page faults", f"{statistics.median(f.step_page_faults):,.0f} minor faults per step "
+                      "(host pages mapped on first touch; see transformer.host_memory)"),
       ("peak memory", f"{f.peak_memory_bytes / 2**20:,.0f} MiB ({f.peak_memory_kind})"),
       ("step memory", f"{f.step_temp_bytes / 2**20:,.0f} MiB temporaries + "
                       f"{f.step_argument_bytes / 2**20:,.0f} MiB arguments per device "
