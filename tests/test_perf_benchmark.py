@@ -2,6 +2,7 @@
 
 import os
 import re
+import statistics
 import subprocess
 import sys
 
@@ -54,6 +55,8 @@ def test_harness_runs_two_steps_and_its_figures_agree():
   # On CPU the ceiling is the matmul rate measured in the same process.
   assert figures.ceiling_flops == figures.matmul_flops
   assert len(figures.step_cpu_s) == 2 and figures.cpu_time_mfu > 0
+  assert len(figures.step_page_faults) == 2 and min(figures.step_page_faults) >= 0
+  assert f"{statistics.median(figures.step_page_faults):,.0f} minor faults per step" in text
   for label in ("compile time", "peak memory", "CPU-time MFU"):
     assert _number(text, label) > 0
   phases = figures.compile_phases_s
