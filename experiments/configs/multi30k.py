@@ -18,7 +18,8 @@ decoding:
 
 Recorded with this config's resolved values (given as flags at commits c8aa954 and c5bab47;
 this file reproduced seed 0 bit for bit at d29516e) on a 2-core Zen 3 EPYC (matmul ceiling
-112-158 GFLOP/s): 1.83e14 model FLOPs, 4,125 steps, 7.89 M target tokens, 62-66 min. Seeds
+112-158 GFLOP/s): 1.83e14 model FLOPs, 4,125 steps, 7.89 M target tokens, 62-66 min (45 min
+since c40cdcf keeps freed host memory mapped: the same numbers, bit for bit). Seeds
 0 / 1 / 2: validation 39.43 / 38.33 / 39.09 (38.95 +- 0.56), then test_2016_flickr decoded
 once each: sacreBLEU 38.62 / 38.18 / 38.01, 38.27 +- 0.31, chrF 62.40 +- 0.25. The previous
 recipe, the same with the cosine to zero and the last checkpoint decoded: validation 38.47
@@ -44,7 +45,7 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
   if variant not in VARIANTS:
     raise ValueError(f"unknown multi30k variant {variant!r}; valid: {', '.join(VARIANTS)}")
   config = default.get_config()
-  # 1.83e14 model FLOPs (44.42 GFLOP a step), ~13 epochs: 62 min on 2 Zen 3 cores.
+  # 1.83e14 model FLOPs (44.42 GFLOP a step), ~13 epochs: 45 min on 2 Zen 3 cores.
   config.num_train_steps = 4125
   config.batch_size = 32               # packed rows of 64 tokens: ~2k tokens per side
   config.eval_every_steps = 516        # 8 evaluations, ~2% of the run
