@@ -61,7 +61,7 @@ def test_kept_memory_is_reused_without_page_faults():
 
 
 @pytest.mark.skipif(transparent_huge_pages_always(), reason="2 MiB pages: few faults anyway")
-def test_without_the_policy_every_call_faults_its_output_in():
-  # The premise of the test above: without the policy the output's pages fault each call.
+def test_without_the_policy_every_call_faults_its_block_in():
+  # The premise of the test above: without the policy the temporary's pages fault each call.
   refaulted, faults = calls_refaulting_their_block("none")
   assert refaulted >= 16, faults
