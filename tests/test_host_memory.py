@@ -54,10 +54,11 @@ def transparent_huge_pages_always() -> bool:
 
 def test_kept_memory_is_reused_without_page_faults():
   # The heap settles within the first ~16 calls (XLA's aligned blocks fragment it at first),
-  # then calls stop faulting; the bound leaves room for a few late ones.
+  # then calls mostly stop faulting (under load a late one or two: 0-2 of the last 20 in 10
+  # runs beside the test suite); without the policy all 20 fault.
   for mode in ("keep", "entry_point"):
     refaulted, faults = calls_refaulting_their_block(mode)
-    assert refaulted <= 4, f"{mode}: {faults}"
+    assert refaulted <= 6, f"{mode}: {faults}"
 
 
 @pytest.mark.skipif(transparent_huge_pages_always(), reason="2 MiB pages: few faults anyway")
