@@ -8,11 +8,12 @@ maps it afresh each call and every page faults on first touch.
 
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 
 import pytest
+
+from transformer import host_memory
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAGES = 64 * 2**20 // 4096
@@ -33,9 +34,8 @@ for _ in range(40):
   print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
-pytestmark = pytest.mark.skipif(
-    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-    reason="the policy is glibc's mallopt")
+pytestmark = pytest.mark.skipif(not host_memory.supported(),
+                                reason="the policy is glibc's mallopt")
 
 
 def calls_refaulting_their_block(mode: str) -> tuple[int, list[int]]:

@@ -29,9 +29,14 @@ M_ARENA_MAX = -8
 _NEVER_TRIM = 2**31 - 1  # the largest value mallopt takes: release no free top below 2 GiB
 
 
+def supported() -> bool:
+  """Whether this process's C library is glibc, whose malloc the policy sets."""
+  return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def keep_freed_memory() -> bool:
   """Sets glibc's malloc to keep freed memory mapped; False where libc is not glibc."""
-  if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+  if not supported():
     return False
   libc = ctypes.CDLL("libc.so.6")
   settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, _NEVER_TRIM))
